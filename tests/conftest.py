@@ -1,0 +1,28 @@
+"""Shared test fixtures. Eight host CPU devices so data-parallel code is exercised on CI."""
+import os
+import pathlib
+
+# Must happen before JAX initialises its backends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> pathlib.Path | None:
+  """The shared assets folder (env UDPM_ASSETS, else ../shared/assets), or None when absent."""
+  path = pathlib.Path(os.environ.get("UDPM_ASSETS", REPO.parent / "shared" / "assets"))
+  return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def assets() -> pathlib.Path:
+  path = assets_dir()
+  if path is None:
+    pytest.skip("shared assets not found (set UDPM_ASSETS or place them at ../shared/assets)")
+  return path
