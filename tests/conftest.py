@@ -1,4 +1,5 @@
 """Shared test fixtures. Eight host CPU devices so data-parallel code is exercised on CI."""
+
 import os
 import pathlib
 

@@ -2,6 +2,7 @@
 
 `get_config(name)` returns the same object as `configs/<name>.py:get_config()`, validated.
 """
+
 import importlib
 import math
 
@@ -37,34 +38,45 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(L, int) or L < 1:
     raise ValueError(f"process.levels must be an integer >= 1, got {L!r}.")
   n = config.data.image_size
-  if not isinstance(n, int) or n <= 0 or n % (s ** L):
-    valid = [k * s ** L for k in range(1, 5)]
+  if not isinstance(n, int) or n <= 0 or n % (s**L):
+    valid = [k * s**L for k in range(1, 5)]
     raise ValueError(
-        f"data.image_size={n!r} is not divisible by scale**levels = {s}**{L} = {s ** L}; "
-        f"valid sizes are multiples of {s ** L}, e.g. {valid}.")
+      f"data.image_size={n!r} is not divisible by scale**levels = {s}**{L} = {s**L}; "
+      f"valid sizes are multiples of {s**L}, e.g. {valid}."
+    )
   _check_per_level("process.alphas", p.alphas, L)
   _check_per_level("process.sigmas", p.sigmas, L)
   for l, a in enumerate(p.alphas, 1):
     if not (0.0 < a <= 1.0) or math.isnan(a):
-      raise ValueError(f"process.alphas[{l - 1}] (level {l}) = {a!r}; each alpha must lie in (0, 1].")
+      raise ValueError(
+        f"process.alphas[{l - 1}] (level {l}) = {a!r}; each alpha must lie in (0, 1]."
+      )
   for l, sig in enumerate(p.sigmas, 1):
     if not sig > 0.0:
       raise ValueError(f"process.sigmas[{l - 1}] (level {l}) = {sig!r}; each sigma must be > 0.")
   if p.kernel not in KERNELS:
-    raise ValueError(f"process.kernel={p.kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}.")
+    raise ValueError(
+      f"process.kernel={p.kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}."
+    )
   if p.kernel_norm not in KERNEL_NORMS:
     raise ValueError(
-        f"process.kernel_norm={p.kernel_norm!r} is unknown; valid: {', '.join(KERNEL_NORMS)}.")
+      f"process.kernel_norm={p.kernel_norm!r} is unknown; valid: {', '.join(KERNEL_NORMS)}."
+    )
   if p.kernel == "gaussian" and not (p.kernel_std > 0 and p.kernel_size >= 1):
-    raise ValueError(f"gaussian kernel needs kernel_size >= 1 and kernel_std > 0, got "
-                     f"{p.kernel_size!r}, {p.kernel_std!r}.")
+    raise ValueError(
+      f"gaussian kernel needs kernel_size >= 1 and kernel_std > 0, got "
+      f"{p.kernel_size!r}, {p.kernel_std!r}."
+    )
   if config.data.source not in DATA_SOURCES:
     raise ValueError(
-        f"data.source={config.data.source!r} is unknown; valid: {', '.join(DATA_SOURCES)}.")
+      f"data.source={config.data.source!r} is unknown; valid: {', '.join(DATA_SOURCES)}."
+    )
   if config.data.channels not in (1, 3):
     raise ValueError(f"data.channels={config.data.channels!r}; valid: 1 or 3.")
   if config.data.num_classes < 0:
-    raise ValueError(f"data.num_classes={config.data.num_classes!r}; must be >= 0 (0 = unconditional).")
+    raise ValueError(
+      f"data.num_classes={config.data.num_classes!r}; must be >= 0 (0 = unconditional)."
+    )
   if config.model.arch not in ARCHS:
     raise ValueError(f"model.arch={config.model.arch!r} is unknown; valid: {', '.join(ARCHS)}.")
   if "loss" in config:
@@ -73,14 +85,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if any(v < 0 for v in config.loss[field]):
         raise ValueError(f"loss.{field}={tuple(config.loss[field])!r}; weights must be >= 0.")
   if config.discriminator.conditional and config.data.num_classes == 0:
-    raise ValueError("discriminator.conditional=True needs data.num_classes > 0; "
-                     "set discriminator.conditional=False for unconditional data.")
+    raise ValueError(
+      "discriminator.conditional=True needs data.num_classes > 0; "
+      "set discriminator.conditional=False for unconditional data."
+    )
   t = config.training
   if t.batch_size < 0 or t.per_device_batch_size <= 0:
-    raise ValueError(f"training.batch_size={t.batch_size!r} must be >= 0 (0 = per device × devices) "
-                     f"and training.per_device_batch_size={t.per_device_batch_size!r} > 0.")
+    raise ValueError(
+      f"training.batch_size={t.batch_size!r} must be >= 0 (0 = per device × devices) "
+      f"and training.per_device_batch_size={t.per_device_batch_size!r} > 0."
+    )
   if t.compute_dtype not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"training.compute_dtype={t.compute_dtype!r}; valid: float32, bfloat16, float16.")
+    raise ValueError(
+      f"training.compute_dtype={t.compute_dtype!r}; valid: float32, bfloat16, float16."
+    )
   if not 0.0 <= t.ema_decay < 1.0:
     raise ValueError(f"training.ema_decay={t.ema_decay!r}; must lie in [0, 1).")
 
@@ -89,7 +107,11 @@ def _check_per_level(name, values, levels):
   try:
     count = len(values)
   except TypeError:
-    raise ValueError(f"{name}={values!r} must be a list with one entry per level ({levels}).") from None
+    raise ValueError(
+      f"{name}={values!r} must be a list with one entry per level ({levels})."
+    ) from None
   if count != levels:
-    raise ValueError(f"{name} has {count} entries {tuple(values)!r}; it needs one per level, "
-                     f"process.levels = {levels}.")
+    raise ValueError(
+      f"{name} has {count} entries {tuple(values)!r}; it needs one per level, "
+      f"process.levels = {levels}."
+    )

@@ -4,6 +4,7 @@ Command: python -m udpm_jax.main --config=configs/afhqv2_64.py --workdir=$WORKDI
            --config.data.path=afhqv2-64x64.zip
 Expected: FID 7.10 after 600k steps (paper). Generator 65.41 M, discriminator 23.87 M.
 """
+
 from udpm_jax.configs import default
 
 

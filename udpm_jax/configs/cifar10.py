@@ -5,6 +5,7 @@ Command (one host, all its GPUs):
 Expected: FID 6.86 (50k class-balanced samples) after 600k steps at 64 images per GPU (paper).
 Generator 57.74 M parameters, discriminator 18.95 M.
 """
+
 from udpm_jax.configs import default
 
 

@@ -4,19 +4,36 @@ Command: python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdi
 Data: TFDS 'fashion_mnist' where the internet is reachable, else the idx files of Debian's
 `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist). Ends with samples.png.
 """
+
 from udpm_jax.configs import default
 
 
 def get_config():
   config = default.get_config()
-  config.data.update(source="idx", name="fashion_mnist", path="/usr/share/datasets/fashion-mnist",
-                     image_size=32, channels=1, num_classes=10, resize="pad", random_flip=True)
-  config.model.update(model_channels=32, channel_mult=(1, 2), channel_mult_emb=2, num_blocks=1,
-                      attn_resolutions=(8,))
+  config.data.update(
+    source="idx",
+    name="fashion_mnist",
+    path="/usr/share/datasets/fashion-mnist",
+    image_size=32,
+    channels=1,
+    num_classes=10,
+    resize="pad",
+    random_flip=True,
+  )
+  config.model.update(
+    model_channels=32, channel_mult=(1, 2), channel_mult_emb=2, num_blocks=1, attn_resolutions=(8,)
+  )
   config.discriminator.update(base_channels=32, t_emb_dim=32, dropout=0.2)
   config.loss.update(lpips=(0.0, 0.0, 0.0))
   config.optim.update(g_lr=2e-4, d_lr=2e-4, warmup_steps=100)
-  config.training.update(batch_size=32, num_steps=1500, ema_decay=0.999, compute_dtype="float32",
-                         log_every=50, ckpt_every=500, sample_every=500)
+  config.training.update(
+    batch_size=32,
+    num_steps=1500,
+    ema_decay=0.999,
+    compute_dtype="float32",
+    log_every=50,
+    ckpt_every=500,
+    sample_every=500,
+  )
   config.eval.update(num_samples=10_000, batch_size=250)
   return config

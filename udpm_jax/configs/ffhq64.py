@@ -5,6 +5,7 @@ Command: python -m udpm_jax.main --config=configs/ffhq64.py --workdir=$WORKDIR \
 (the EDM-style zip of 64×64 PNGs). Expected: FID 7.41 after 600k steps (paper).
 Generator 65.41 M parameters, discriminator 23.87 M.
 """
+
 from udpm_jax.configs import default
 
 
