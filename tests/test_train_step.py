@@ -1,0 +1,177 @@
+"""The jitted train step with small stand-in networks: R1, EMA, warm-up, determinism, devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import udpm_jax
+from tests.toy_models import toy_pair
+from udpm_jax import losses
+from udpm_jax import train_step as ts
+
+
+def _config(**training):
+  config = udpm_jax.configs.get_config("test")
+  config.training.update(**training)
+  return config
+
+
+def _batches(config, n, seed=0):
+  rng = np.random.default_rng(seed)
+  size, c = config.data.image_size, config.data.channels
+  b = ts.global_batch_size(config)
+  return [
+    {
+      "image": rng.uniform(-1, 1, (b, size, size, c)).astype(np.float32),
+      "label": rng.integers(0, config.data.num_classes, b).astype(np.int32),
+    }
+    for _ in range(n)
+  ]
+
+
+def _run(config, devices, batches):
+  mesh = ts.make_mesh(devices)
+  gen, disc = toy_pair(config)
+  g_tx, d_tx = ts.make_optimizers(config)
+  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
+  step = ts.jit_train_step(config, mesh, gen, disc, g_tx, d_tx)
+  metrics = []
+  for b in batches:
+    state, m = step(state, ts.to_global_batch(b, mesh), None)
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state), metrics
+
+
+def test_one_device_equals_eight_devices():
+  config = _config()
+  batches = _batches(config, 3)
+  s1, m1 = _run(config, jax.devices()[:1], batches)
+  s8, m8 = _run(config, jax.devices()[:8], batches)
+  assert len(jax.devices()) == 8
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(m1, m8):
+    assert a["level_d"] == b["level_d"] and a["level_g"] == b["level_g"]
+    np.testing.assert_allclose(a["g_loss"], b["g_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["d_loss"], b["d_loss"], rtol=1e-5)
+  # Both levels are drawn per step from the step key: over a few steps more than one appears.
+  assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in m1)
+
+
+def test_same_seed_same_result_and_scan_equals_single_steps():
+  config = _config()
+  batches = _batches(config, 4)
+  s_a, _ = _run(config, jax.devices()[:2], batches)
+  s_b, _ = _run(config, jax.devices()[:2], batches)
+  for a, b in zip(jax.tree.leaves(s_a), jax.tree.leaves(s_b)):
+    np.testing.assert_array_equal(a, b)
+  # Two updates per dispatch through lax.scan give the same state as four single dispatches.
+  config2 = _config(steps_per_dispatch=2)
+  mesh = ts.make_mesh(jax.devices()[:2])
+  gen, disc = toy_pair(config2)
+  g_tx, d_tx = ts.make_optimizers(config2)
+  state = ts.jit_init(config2, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
+  step = ts.jit_train_step(config2, mesh, gen, disc, g_tx, d_tx)
+  for i in (0, 2):
+    stacked = {k: np.stack([batches[i][k], batches[i + 1][k]]) for k in batches[0]}
+    state, metrics = step(state, ts.to_global_batch(stacked, mesh, scan=True), None)
+  assert metrics["g_loss"].shape == (2,)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(s_a)):
+    np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_ema_is_the_hand_computation():
+  config = _config(ema_decay=0.9)
+  mesh = ts.make_mesh(jax.devices()[:1])
+  gen, disc = toy_pair(config)
+  g_tx, d_tx = ts.make_optimizers(config)
+  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
+  step = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx))
+  params = [jax.device_get(state.g_params)]
+  for b in _batches(config, 3):
+    state, _ = step(state, b, None)
+    params.append(jax.device_get(state.g_params))
+  expect = params[0]
+  for p in params[1:]:
+    expect = jax.tree.map(lambda e, q: 0.9 * e + 0.1 * q, expect, p)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.ema_params)), jax.tree.leaves(expect)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert int(state.step) == 3
+  # The frozen buffer never moves.
+  np.testing.assert_array_equal(state.g_consts["buffers"]["freqs"], np.arange(1.0, 5.0))
+
+
+def test_warmup_schedule_and_first_update_size():
+  sched = ts.lr_schedule(1e-4, 5000)
+  assert [float(sched(s)) for s in (0, 2500, 5000, 600_000)] == pytest.approx(
+    [0.0, 5e-5, 1e-4, 1e-4]
+  )
+  assert float(ts.lr_schedule(3e-4, 0)(0)) == pytest.approx(3e-4)
+  # With warm-up, the very first Adam step has learning rate 0: parameters do not move.
+  config = _config()
+  config.optim.warmup_steps = 10
+  mesh = ts.make_mesh(jax.devices()[:1])
+  gen, disc = toy_pair(config)
+  g_tx, d_tx = ts.make_optimizers(config)
+  state0 = jax.device_get(ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0)))
+  state1, _ = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx))(
+    state0, _batches(config, 1)[0], None
+  )
+  for a, b in zip(jax.tree.leaves(state0.g_params), jax.tree.leaves(state1.g_params)):
+    np.testing.assert_array_equal(a, b)
+  # Without warm-up, Adam's first update moves each weight by lr · sign(gradient).
+  config.optim.warmup_steps = 0
+  g_tx, d_tx = ts.make_optimizers(config)
+  state0 = jax.device_get(ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0)))
+  state1, _ = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx))(
+    state0, _batches(config, 1)[0], None
+  )
+  moved = np.concatenate(
+    [
+      np.abs(np.ravel(a - b))
+      for a, b in zip(jax.tree.leaves(state1.d_params), jax.tree.leaves(state0.d_params))
+    ]
+  )
+  assert np.median(moved) == pytest.approx(config.optim.d_lr, rel=1e-3)
+
+
+def test_r1_penalty_equals_finite_differences():
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    w = jnp.asarray(rng.standard_normal((2, 3, 3, 2)))
+    x = jnp.asarray(rng.standard_normal((3, 4, 4, 2)))
+
+    def disc_fn(img):  # a non-linear "discriminator": (B,) logits
+      return jnp.sum(jnp.tanh(img[:, :3, :3] * w[0] + img[:, 1:, 1:] ** 2 * w[1]), axis=(1, 2, 3))
+
+    penalty, logits = losses.r1_penalty(disc_fn, x)
+    np.testing.assert_allclose(logits, disc_fn(x))
+    eps = 1e-6
+    flat = np.asarray(x).reshape(3, -1)
+    fd = np.zeros_like(flat)
+    for j in range(flat.shape[1]):
+      e = np.zeros_like(flat)
+      e[:, j] = eps
+      up = disc_fn(jnp.asarray((flat + e).reshape(x.shape)))
+      down = disc_fn(jnp.asarray((flat - e).reshape(x.shape)))
+      fd[:, j] = (up - down) / (2 * eps)
+    assert float(penalty) == pytest.approx(np.mean(np.sum(fd**2, axis=1)), rel=1e-7)
+
+
+def test_d_noise_schedule_and_gan_losses():
+  assert float(losses.d_noise_std(0, 0.4, 0.99, 1000)) == pytest.approx(0.4)
+  assert float(losses.d_noise_std(999, 0.4, 0.99, 1000)) == pytest.approx(0.4)
+  assert float(losses.d_noise_std(2500, 0.4, 0.99, 1000)) == pytest.approx(0.4 * 0.99**2)
+  z = jnp.array([-2.0, 0.0, 3.0])
+  assert float(losses.d_loss_fake(z)) == pytest.approx(np.mean(np.log1p(np.exp(z))))
+  assert float(losses.g_loss_adv(z)) == pytest.approx(np.mean(np.log1p(np.exp(-z))))
+  assert float(losses.l1(z, 0 * z)) == pytest.approx(5 / 3)
+
+
+def test_lpips_weight_without_function_is_refused():
+  config = _config()
+  config.loss.lpips = (1.0, 0.0, 0.0)
+  gen, disc = toy_pair(config)
+  with pytest.raises(ValueError, match="loss.lpips has positive weights"):
+    ts.make_train_step(config, gen, disc, *ts.make_optimizers(config))

@@ -1,0 +1,53 @@
+"""Small stand-ins with the generator/discriminator interfaces, to test the train step quickly."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def depth_to_space(x, s):
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, c // (s * s), s, s)
+  return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * s, w * s, c // (s * s))
+
+
+class ToyGenerator(nn.Module):
+  channels: int
+  scale: int
+  num_classes: int = 0
+  dropout: float = 0.1
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, labels=None, train=False):
+    # A frozen buffer like the real net's Fourier frequencies, in a non-'params' collection.
+    freqs = self.variable("buffers", "freqs", lambda: jnp.arange(1.0, 5.0)).value
+    emb = jnp.concatenate([jnp.sin(t[:, None] * freqs), jnp.cos(t[:, None] * freqs)], -1)
+    h = nn.Conv(8, (3, 3), dtype=self.dtype)(x) + nn.Dense(8, dtype=self.dtype)(emb)[:, None, None]
+    if labels is not None:
+      h = h + nn.Embed(self.num_classes, 8)(labels)[:, None, None]
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+    return depth_to_space(
+      nn.Conv(self.channels * self.scale**2, (3, 3), dtype=self.dtype)(h), self.scale
+    )
+
+
+class ToyDiscriminator(nn.Module):
+  num_classes: int = 0
+  dropout: float = 0.2
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, labels=None, train=False):
+    h = nn.leaky_relu(nn.Conv(8, (3, 3), dtype=self.dtype)(x), 0.2)
+    h = jnp.mean(h, axis=(1, 2)) + nn.Dense(8)(t[:, None])
+    if labels is not None:
+      h = h + nn.Embed(self.num_classes, 8)(labels)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return nn.Dense(1, dtype=self.dtype)(h)[:, 0]
+
+
+def toy_pair(config):
+  return (
+    ToyGenerator(config.data.channels, config.process.scale, config.data.num_classes),
+    ToyDiscriminator(config.data.num_classes if config.discriminator.conditional else 0),
+  )

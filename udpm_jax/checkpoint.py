@@ -1,0 +1,168 @@
+"""Orbax checkpoints of the training state, and restoring parameters for notebooks.
+
+Layout: `<workdir>/checkpoints/<step>/{state,config}`. Orbax writes each step into a temporary
+directory and renames it when complete, so a run killed mid-save leaves only complete steps behind
+(the temporary leftovers are removed at the next start). Restores are made against an abstract
+target carrying the current shardings, so a checkpoint written on 8 devices loads on 1 and back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+_policies = ocp.checkpoint_managers
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: missing, corrupt, or from a different model."""
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  return epath.Path(workdir) / "checkpoints"
+
+
+def make_manager(workdir, config, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager saving every `training.ckpt_every` steps (and on preemption), keeping the latest N."""
+  t = config.training
+  every = max(int(t.ckpt_every), 1)
+  options = ocp.CheckpointManagerOptions(
+    save_decision_policy=_policies.AnySavePolicy(
+      [
+        _policies.FixedIntervalPolicy(every),
+        _policies.PreemptionCheckpointingPolicy(),
+      ]
+    ),
+    preservation_policy=_policies.LatestN(max(int(t.keep_checkpoints), 1)),
+    enable_async_checkpointing=not read_only,
+    cleanup_tmp_directories=not read_only,
+    read_only=read_only,
+    create=not read_only,
+  )
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir), options=options, item_names=("state", "config")
+  )
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, config, *, force=False) -> bool:
+  """Starts an (async) save of the state and the config; returns whether a save was started."""
+  return manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+    ),
+    force=force,
+  )
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """Restores the training state at `step` (default latest) into the structure/shardings of
+  `abstract_state` (e.g. from `jax.eval_shape`). Returns (step, state), or (None, None) if the
+  workdir has no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None, None
+  target = jax.tree.map(_as_restore_target, abstract_state)
+  try:
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise CheckpointError(
+      f"Checkpoint step {step} in {manager.directory} does not match this model/config "
+      f"(or is corrupt): {type(e).__name__}: {e}. Use a fresh --workdir or the config the run "
+      "was started with (saved beside each checkpoint as config/)."
+    ) from e
+  return step, restored.state
+
+
+def _as_restore_target(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  return jax.ShapeDtypeStruct(
+    np.shape(x), getattr(x, "dtype", np.asarray(x).dtype), sharding=getattr(x, "sharding", None)
+  )
+
+
+def load_config(workdir, step: int | None = None) -> tuple[int, ml_collections.ConfigDict]:
+  """The config saved with a checkpoint (default: the latest)."""
+  root = checkpoint_dir(workdir)
+  steps = all_steps(workdir)
+  if not steps:
+    raise CheckpointError(
+      f"No checkpoint found under {root}; train first with "
+      "`python -m udpm_jax.main --workdir=...`, or check the path."
+    )
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f"No checkpoint for step {step} under {root}; available: {steps}.")
+  path = root / str(step) / "config" / "metadata"
+  try:
+    config_dict = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"Cannot read the config saved at {path}: {e}") from e
+  return step, _to_config(config_dict)
+
+
+def _to_config(d: dict) -> ml_collections.ConfigDict:
+  # JSON turns tuples into lists; configs use tuples for per-level values.
+  def fix(v):
+    if isinstance(v, dict):
+      return ml_collections.ConfigDict({k: fix(x) for k, x in v.items()})
+    if isinstance(v, list):
+      return tuple(fix(x) for x in v)
+    return v
+
+  return fix(d)
+
+
+def all_steps(workdir) -> list[int]:
+  """Complete checkpoint steps in the workdir, ascending (temporary/partial saves excluded)."""
+  root = checkpoint_dir(workdir)
+  if not root.exists():
+    return []
+  return sorted(
+    int(p.name)
+    for p in root.iterdir()
+    if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+  )
+
+
+def restore_params(
+  workdir, step: int | None = None, ema: bool = True
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """Restores the generator's variables for sampling or evaluation.
+
+  Args:
+    workdir: the training run's directory.
+    step: checkpoint step; None = the latest.
+    ema: the EMA parameters (what the paper samples with) instead of the raw ones.
+
+  Returns:
+    (config, variables) where `variables` is ready for `build_generator(config).apply`.
+  """
+  step, config = load_config(workdir, step)
+  with ocp.CheckpointManager(
+    checkpoint_dir(workdir),
+    item_names=("state", "config"),
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  ) as manager:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # orbax raises many types for damaged files
+      raise CheckpointError(
+        f"Checkpoint step {step} under {checkpoint_dir(workdir)} could not be "
+        f"read: {type(e).__name__}: {e}"
+      ) from e
+  state = restored.state
+  params = state["ema_params"] if ema else state["g_params"]
+  return config, {"params": params, **state["g_consts"]}

@@ -1,0 +1,200 @@
+"""`train_and_evaluate(config, workdir)`: the host-side training loop.
+
+Phases (big_vision style): mesh → networks and jitted init/step → resume or init → data from the
+resumed step → loop (step, log, sample grids, checkpoint) → final checkpoint and sample grid.
+The math of one step lives in `train_step`; this module only moves data and writes files.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
+
+from udpm_jax import checkpoint, data
+from udpm_jax import configs as configs_lib
+from udpm_jax import train_step as ts
+
+D_METRICS = ("d_loss", "d_real_logit", "d_fake_logit", "r1", "d_grad_norm")
+G_METRICS = ("g_loss", "g_l1", "g_lpips", "g_adv", "g_grad_norm")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN/Inf; the workdir keeps the last good checkpoint."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
+  """Trains UDPM as configured, resuming from the latest checkpoint in `workdir`.
+
+  Args:
+    config: a validated experiment config (see configs/).
+    workdir: directory for checkpoints, TensorBoard logs and sample grids (local or gs://).
+
+  Returns:
+    The final training state.
+  """
+  configs_lib.validate(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = ts.make_mesh()
+  batch_size = ts.global_batch_size(config)
+  if batch_size % jax.device_count():
+    raise ValueError(
+      f"The global batch size {batch_size} is not divisible by the device count "
+      f"{jax.device_count()}; set --config.training.batch_size to a multiple."
+    )
+  gen, disc, init_fn, step_fn = ts.build(config, mesh)
+  key = jax.random.PRNGKey(config.seed)
+
+  manager = checkpoint.make_manager(workdir, config)
+  abstract_state = jax.eval_shape(init_fn, key)
+  start_step, state = checkpoint.restore_state(manager, abstract_state)
+  if state is None:
+    start_step, state = 0, init_fn(key)
+    logging.info("Initialised a new run in %s.", workdir)
+  else:
+    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  start_step = int(start_step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  parameter_overview.log_parameter_overview(state.g_params, msg="Generator parameters")
+  parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
+
+  t = config.training
+  k = max(int(t.steps_per_dispatch), 1)
+  num_steps = int(t.num_steps)
+  if (num_steps - start_step) % k:
+    raise ValueError(
+      f"training.num_steps={num_steps} minus the resumed step {start_step} must be "
+      f"a multiple of training.steps_per_dispatch={k}."
+    )
+  batches = data.make_iterator(
+    config,
+    global_batch_size=batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  lpips_params = ts.load_lpips_params(config)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  sampler = _GridSampler(config)
+  pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
+  last_good = start_step
+
+  with metric_writers.ensure_flushes(writer):
+    step = start_step
+    while step < num_steps:
+      local = _next_batch(batches, k)
+      state, metrics = step_fn(state, ts.to_global_batch(local, mesh, k > 1), lpips_params)
+      pending.append(metrics)
+      step += k
+      progress(step)
+      is_last = step >= num_steps
+      save_now = manager.should_save(step) or is_last
+      if step % t.log_every < k or save_now:
+        _write_metrics(writer, step, pending)  # raises NonFiniteLossError before any save
+        pending = []
+      if save_now:
+        checkpoint.save(manager, step, state, config, force=is_last)
+        last_good = step
+      if t.sample_every and step % t.sample_every < k and not is_last:
+        sampler.write(writer, workdir, step, state)
+  manager.wait_until_finished()
+  sampler.write(writer, workdir, num_steps, state, final=True)
+  logging.info("Finished at step %d (last checkpoint %d).", num_steps, last_good)
+  return state
+
+
+def _next_batch(batches, k):
+  if k == 1:
+    return next(batches)
+  items = [next(batches) for _ in range(k)]
+  return {name: np.stack([b[name] for b in items]) for name in items[0]}
+
+
+def _write_metrics(writer, step, pending):
+  """Averages buffered metrics, per level, and stops the run on non-finite losses."""
+  host = jax.device_get(pending)
+  rows = []
+  for m in host:  # with steps_per_dispatch > 1 each leaf has a leading axis
+    arr = {name: np.atleast_1d(v) for name, v in m.items()}
+    rows += [{name: v[i] for name, v in arr.items()} for i in range(len(arr["finite"]))]
+  bad = [r for r in rows if not r["finite"]]
+  if bad:
+    raise NonFiniteLossError(
+      f"Non-finite loss before step {step}: g_loss={bad[0]['g_loss']}, "
+      f"d_loss={bad[0]['d_loss']} (levels G {bad[0]['level_g']}, D {bad[0]['level_d']}). "
+      "Nothing was saved from these steps; the workdir keeps the last good checkpoint. "
+      "Try a lower optim.g_lr/d_lr or training.compute_dtype=float32."
+    )
+  scalars = {}
+  for names, level_key in ((D_METRICS, "level_d"), (G_METRICS, "level_g")):
+    for name in names:
+      scalars[name] = float(np.mean([r[name] for r in rows]))
+      by_level = collections.defaultdict(list)
+      for r in rows:
+        by_level[int(r[level_key])].append(float(r[name]))
+      for level, values in by_level.items():
+        scalars[f"{name}/level_{level}"] = float(np.mean(values))
+  scalars["d_noise_std"] = float(rows[-1]["d_noise_std"])
+  writer.write_scalars(step, scalars)
+
+
+class _GridSampler:
+  """Writes grids of all levels of a few EMA samples (TensorBoard + PNG in the workdir)."""
+
+  def __init__(self, config):
+    self.config = config
+    self.fn = None
+
+  def write(self, writer, workdir, step, state, final=False):
+    from udpm_jax import image_io, sampling
+
+    if self.fn is None:
+      self.fn = sampling.make_sample_fn(self.config)
+    num = 16 if self.config.data.num_classes == 0 else 2 * self.config.data.num_classes
+    variables = {"params": state.ema_params, **state.g_consts}
+    key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), 0)
+    levels = self.fn(variables, key, num=num, return_levels=True)
+    grid = _levels_grid(levels, self.config.data.image_size)
+    if jax.process_index() == 0:
+      writer.write_images(step, {"samples/levels": grid[None]})
+      name = "samples.png" if final else f"samples_{step:08d}.png"
+      image_io.save_png_grid(
+        str(epath.Path(workdir) / name), np.asarray(levels[-1]), nrow=int(np.ceil(np.sqrt(num)))
+      )
+
+
+def _levels_grid(levels, size):
+  """Rows = samples, columns = levels x_L … x_0, each upsampled (nearest) to the image side."""
+  cols = []
+  for x in levels:
+    x = np.asarray(x, np.float32)
+    rep = size // x.shape[1]
+    x = np.repeat(np.repeat(x, rep, axis=1), rep, axis=2)
+    x = x / max(1.0, float(np.abs(x).max()))  # coarse levels live in wider ranges
+    cols.append(x)
+  grid = np.concatenate(cols, axis=2)  # (B, N, N·(L+1), C)
+  grid = np.concatenate(list(grid), axis=0)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  return np.clip((grid + 1) / 2, 0, 1)
+
+
+def _flat_hparams(config):
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      for k2, v2 in _flat_hparams(v).items():
+        out[f"{k}.{k2}"] = v2
+    else:
+      out[k] = str(v) if isinstance(v, (tuple, list)) else v
+  return out

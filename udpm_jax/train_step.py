@@ -1,0 +1,326 @@
+"""The UDPM train step: one jitted, data-parallel update of the discriminator, then the generator.
+
+Determinism: the state holds a base key; step k uses `fold_in(key, k)` for everything it draws
+(levels, forward noise, D instance noise, dropout), and the data order is a function of
+(seed, k). A resumed run therefore continues bit-exactly, and the global computation does not
+depend on how many devices share the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from udpm_jax import configs as configs_lib
+from udpm_jax import losses, models
+from udpm_jax import process as proc
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  g_params: Any
+  g_consts: Any  # non-trainable generator variables (frozen Fourier frequencies)
+  g_opt: Any
+  ema_params: Any
+  d_params: Any
+  d_consts: Any
+  d_opt: Any
+  key: jax.Array  # raw uint32 key data; step keys are fold_in(key, step)
+
+
+def compute_dtype(config):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[
+    config.training.compute_dtype
+  ]
+
+
+def global_batch_size(config, num_devices: int | None = None) -> int:
+  t = config.training
+  if t.batch_size:
+    return int(t.batch_size)
+  return int(t.per_device_batch_size) * (num_devices or jax.device_count())
+
+
+def lr_schedule(lr: float, warmup_steps: int):
+  """Linear warm-up from 0 to `lr` over `warmup_steps`, then constant (no decay), as released."""
+  if warmup_steps <= 0:
+    return optax.constant_schedule(lr)
+  return optax.linear_schedule(0.0, lr, warmup_steps)
+
+
+def make_optimizers(config):
+  o = config.optim
+  adam = functools.partial(optax.adam, b1=o.b1, b2=o.b2, eps=o.eps)
+  return (adam(lr_schedule(o.g_lr, o.warmup_steps)), adam(lr_schedule(o.d_lr, o.warmup_steps)))
+
+
+def _split_vars(variables):
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def _dummy_inputs(config, sched, level):
+  n, c = sched.side(level), config.data.channels
+  labels = jnp.zeros((1,), jnp.int32) if config.data.num_classes else None
+  return jnp.zeros((1, n, n, c), jnp.float32), jnp.full((1,), sched.t(1), jnp.float32), labels
+
+
+def init_state(config, key, gen, disc, g_tx, d_tx) -> TrainState:
+  """Initialises both networks, their optimisers and the EMA from one key."""
+  sched = proc.Schedule.from_config(config)
+  k_g, k_d, k_run = jax.random.split(key, 3)
+  x1, t, labels = _dummy_inputs(config, sched, 1)
+  g_vars = gen.init({"params": k_g, "dropout": k_g}, x1, t, labels, train=False)
+  x0, _, _ = _dummy_inputs(config, sched, 0)
+  d_labels = labels if config.discriminator.conditional else None
+  d_vars = disc.init({"params": k_d, "dropout": k_d}, x0, t, d_labels, train=False)
+  g_params, g_consts = _split_vars(g_vars)
+  d_params, d_consts = _split_vars(d_vars)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_params,
+    g_consts=g_consts,
+    g_opt=g_tx.init(g_params),
+    ema_params=g_params,
+    d_params=d_params,
+    d_consts=d_consts,
+    d_opt=d_tx.init(d_params),
+    key=jax.random.key_data(k_run),
+  )
+
+
+def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
+  """Builds the un-jitted step `(state, batch, lpips_params) -> (state, metrics)`.
+
+  `batch` = {'image': (B, N, N, C) in [-1, 1], 'label': (B,) int32}. With
+  `training.steps_per_dispatch = k > 1` the batch has a leading axis k and the step runs k updates
+  in a `lax.scan`, returning stacked metrics.
+  `lpips_fn(params, x, y) -> (B,)` is required when any loss.lpips weight is positive; its frozen
+  weights travel as the `lpips_params` argument so they are never baked into the program.
+  """
+  sched = proc.Schedule.from_config(config)
+  L = sched.levels
+  lc = config.loss
+  conditional_g = config.data.num_classes > 0
+  conditional_d = bool(config.discriminator.conditional)
+  kernel_sum = float(sched.kernel_array.sum())
+  ema_decay = float(config.training.ema_decay)
+  if any(w > 0 for w in lc.lpips) and lpips_fn is None:
+    raise ValueError("loss.lpips has positive weights but no LPIPS function was given.")
+
+  def level_inputs(key, x0, level):
+    """x_l from the marginal and the normalised target H^{l-1} x0 / (Σw)^{l-1}."""
+    x_l = proc.q_sample(sched, x0, level, key)
+    norm = kernel_sum ** (level - 1) if lc.normalize_inputs else 1.0
+    return x_l, proc.H(sched, x0, level - 1) / norm, norm
+
+  def d_branch(level, d_params, state, batch, key, noise_std):
+    k_q, k_g, k_nr, k_nf, k_drop = jax.random.split(key, 5)
+    x0, labels = batch["image"], batch["label"]
+    t = jnp.full((x0.shape[0],), sched.t(level), jnp.float32)
+    g_labels = labels if conditional_g else None
+    d_labels = labels if conditional_d else None
+    x_l, gt, norm = level_inputs(k_q, x0, level)
+    # The release runs G in eval mode for the D step (no dropout) and without gradient.
+    fake = gen.apply({"params": state.g_params, **state.g_consts}, x_l, t, g_labels, train=False)
+    fake = jax.lax.stop_gradient(fake.astype(jnp.float32)) / norm
+    real_in = gt + noise_std * jax.random.normal(k_nr, gt.shape)
+    fake_in = fake + noise_std * jax.random.normal(k_nf, fake.shape)
+
+    def d_apply(img):
+      return disc.apply(
+        {"params": d_params, **state.d_consts},
+        img,
+        t,
+        d_labels,
+        train=True,
+        rngs={"dropout": k_drop},
+      ).astype(jnp.float32)
+
+    logits_fake = d_apply(fake_in)
+    gamma = lc.r1_gamma[level - 1]
+    if gamma > 0:
+      r1, logits_real = losses.r1_penalty(d_apply, real_in)
+    else:
+      r1, logits_real = jnp.zeros(()), d_apply(real_in)
+    loss = 0.5 * losses.d_loss_fake(logits_fake) + 0.5 * losses.d_loss_real(logits_real)
+    loss = loss + 0.5 * gamma * r1
+    return loss, {
+      "d_loss": loss,
+      "d_real_logit": logits_real.mean(),
+      "d_fake_logit": logits_fake.mean(),
+      "r1": r1,
+    }
+
+  def g_branch(level, g_params, state, batch, key, noise_std, lpips_params):
+    k_q, k_drop, k_n = jax.random.split(key, 3)
+    x0, labels = batch["image"], batch["label"]
+    t = jnp.full((x0.shape[0],), sched.t(level), jnp.float32)
+    g_labels = labels if conditional_g else None
+    d_labels = labels if conditional_d else None
+    x_l, gt, norm = level_inputs(k_q, x0, level)
+    pred = (
+      gen.apply(
+        {"params": g_params, **state.g_consts},
+        x_l,
+        t,
+        g_labels,
+        train=True,
+        rngs={"dropout": k_drop},
+      ).astype(jnp.float32)
+      / norm
+    )
+    w1, wp, wa = lc.l1[level - 1], lc.lpips[level - 1], lc.adv[level - 1]
+    l1 = losses.l1(pred, gt)
+    lp = jnp.mean(lpips_fn(lpips_params, pred, gt)) if wp > 0 else jnp.zeros(())
+    if wa > 0:
+      fake_in = pred + noise_std * jax.random.normal(k_n, pred.shape)
+      logits = disc.apply(
+        {"params": jax.lax.stop_gradient(state.d_params), **state.d_consts},
+        fake_in,
+        t,
+        d_labels,
+        train=False,
+      ).astype(jnp.float32)
+      adv = losses.g_loss_adv(logits)
+    else:
+      adv = jnp.zeros(())
+    loss = w1 * l1 + wp * lp + wa * adv
+    return loss, {"g_loss": loss, "g_l1": l1, "g_lpips": lp, "g_adv": adv}
+
+  def one_step(state: TrainState, batch, lpips_params):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    k_ld, k_lg, k_d, k_g = jax.random.split(key, 4)
+    level_d = jax.random.randint(k_ld, (), 1, L + 1)
+    level_g = jax.random.randint(k_lg, (), 1, L + 1)
+    noise_std = losses.d_noise_std(
+      state.step, lc.d_noise_std, lc.d_noise_decay, lc.d_noise_decay_every
+    )
+
+    d_grad_fns = [
+      jax.value_and_grad(functools.partial(d_branch, l), has_aux=True) for l in range(1, L + 1)
+    ]
+    (_, d_metrics), d_grads = jax.lax.switch(
+      level_d - 1, d_grad_fns, state.d_params, state, batch, k_d, noise_std
+    )
+    d_updates, d_opt = d_tx.update(d_grads, state.d_opt, state.d_params)
+    d_params = optax.apply_updates(state.d_params, d_updates)
+    # The G step sees the freshly updated D, as in the release (D step, then G step).
+    state = state.replace(d_params=d_params, d_opt=d_opt)
+
+    g_grad_fns = [
+      jax.value_and_grad(functools.partial(g_branch, l), has_aux=True) for l in range(1, L + 1)
+    ]
+    (_, g_metrics), g_grads = jax.lax.switch(
+      level_g - 1, g_grad_fns, state.g_params, state, batch, k_g, noise_std, lpips_params
+    )
+    g_updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, g_updates)
+    ema = jax.tree.map(
+      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, g_params
+    )
+    metrics = {
+      **d_metrics,
+      **g_metrics,
+      "level_d": level_d,
+      "level_g": level_g,
+      "d_noise_std": noise_std,
+      "g_grad_norm": optax.tree.norm(g_grads),
+      "d_grad_norm": optax.tree.norm(d_grads),
+    }
+    metrics["finite"] = jnp.isfinite(metrics["g_loss"]) & jnp.isfinite(metrics["d_loss"])
+    new_state = state.replace(step=state.step + 1, g_params=g_params, g_opt=g_opt, ema_params=ema)
+    return new_state, metrics
+
+  k = int(config.training.steps_per_dispatch)
+  if k <= 1:
+    return one_step
+
+  def multi_step(state, batches, lpips_params):
+    return jax.lax.scan(lambda s, b: one_step(s, b, lpips_params), state, batches)
+
+  return multi_step
+
+
+# ---- the distributed setup -----------------------------------------------------------------------
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices with the batch axis 'data'."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(-1), ("data",))
+
+
+def batch_sharding(mesh, leading_scan_axis=False):
+  return NamedSharding(mesh, P(None, "data") if leading_scan_axis else P("data"))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def jit_train_step(config, mesh, gen, disc, g_tx, d_tx, lpips_fn=None):
+  """The jitted step over `mesh`: batch sharded on 'data', state replicated and donated."""
+  step = make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn)
+  scan = int(config.training.steps_per_dispatch) > 1
+  rep = replicated(mesh)
+  return jax.jit(
+    step,
+    in_shardings=(rep, batch_sharding(mesh, scan), rep),
+    out_shardings=(rep, rep),
+    donate_argnums=(0,),
+  )
+
+
+def jit_init(config, mesh, gen, disc, g_tx, d_tx):
+  rep = replicated(mesh)
+  return jax.jit(lambda key: init_state(config, key, gen, disc, g_tx, d_tx), out_shardings=rep)
+
+
+def build(config, mesh):
+  """Networks, optimisers, lpips function and jitted init/step for a config."""
+  configs_lib.validate(config)
+  dtype = compute_dtype(config)
+  gen = models.build_generator(config, dtype=dtype)
+  disc = models.build_discriminator(config, dtype=dtype)
+  g_tx, d_tx = make_optimizers(config)
+  lpips_fn = None
+  if any(w > 0 for w in config.loss.lpips):
+    from udpm_jax import lpips as lpips_lib
+
+    lpips_fn = lpips_lib.lpips_distance
+  init = jit_init(config, mesh, gen, disc, g_tx, d_tx)
+  step = jit_train_step(config, mesh, gen, disc, g_tx, d_tx, lpips_fn)
+  return gen, disc, init, step
+
+
+def load_lpips_params(config):
+  if not any(w > 0 for w in config.loss.lpips):
+    return None
+  from udpm_jax import lpips as lpips_lib
+
+  return lpips_lib.load_params(config.loss.lpips_weights or None)
+
+
+def to_global_batch(local_batch: dict, mesh, scan: bool = False) -> dict:
+  """Assembles each host's slice into global arrays sharded over 'data'."""
+  sharding = batch_sharding(mesh, scan)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
+
+
+def param_count(tree) -> int:
+  return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
