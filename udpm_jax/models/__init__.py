@@ -1,0 +1,100 @@
+"""Networks of UDPM: the level-shared generator and the level-conditioned discriminator."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from udpm_jax.models.discriminator import Discriminator
+from udpm_jax.models.unet import SongUNet
+
+__all__ = [
+  "SongUNet",
+  "Discriminator",
+  "build_generator",
+  "build_discriminator",
+  "discriminator_blocks",
+  "init_generator",
+  "init_discriminator",
+]
+
+
+def build_generator(config, dtype=None) -> SongUNet:
+  """The generator of `config` (compute dtype `dtype`, default float32; params stay float32).
+
+  `gen.apply(variables, x_l, t, labels=None, train=False, rngs=...)` maps x_l (B, N_l, N_l, C) to
+  the prediction of H^{l-1} x_0 (B, N_{l-1}, N_{l-1}, C).
+  """
+  m, p = config.model, config.process
+  arch_defaults = {
+    "ncsnpp": dict(resample_taps=tuple(m.resample_filter)),
+    "ddpmpp": dict(resample_taps=(1, 1)),
+  }[m.arch]
+  return SongUNet(
+    nominal_resolution=config.data.image_size // p.scale,
+    out_channels=config.data.channels,
+    scale=p.scale,
+    num_classes=config.data.num_classes,
+    arch=m.arch,
+    model_channels=m.model_channels,
+    channel_mult=tuple(m.channel_mult),
+    channel_mult_emb=m.channel_mult_emb,
+    channel_mult_noise=m.channel_mult_noise if m.arch == "ncsnpp" else 1,
+    num_blocks=m.num_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    dropout=m.dropout,
+    label_dropout=m.label_dropout,
+    fourier_scale=m.fourier_scale,
+    dtype=dtype or jnp.float32,
+    **arch_defaults,
+  )
+
+
+def discriminator_blocks(config) -> int:
+  """log2(N / s^{L-1}) + 1 residual blocks: enough to bring the largest input down to ~s^{L-1}."""
+  p = config.process
+  return int(round(math.log2(config.data.image_size / p.scale ** (p.levels - 1)))) + 1
+
+
+def build_discriminator(config, dtype=None) -> Discriminator:
+  """The discriminator of `config`: `disc.apply(variables, img, t, labels=None, train=False)`
+  returns logits (B,) for the level-(l−1) image `img` at its own side."""
+  d = config.discriminator
+  return Discriminator(
+    num_blocks=discriminator_blocks(config),
+    base_channels=d.base_channels,
+    num_classes=config.data.num_classes if d.conditional else 0,
+    dropout=d.dropout,
+    stddev_group=d.stddev_group,
+    stddev_features=d.stddev_features,
+    quirk_stddev_sum_chw=d.quirk_stddev_sum_chw,
+    quirk_logit_dropout=d.quirk_logit_dropout,
+    dtype=dtype or jnp.float32,
+  )
+
+
+def _dummy(config, side, batch=1):
+  labels = jnp.zeros((batch,), jnp.int32) if config.data.num_classes else None
+  return jnp.zeros((batch, side, side, config.data.channels)), jnp.full((batch,), 0.5), labels
+
+
+def init_generator(config, key, dtype=None):
+  """Variables {'params', 'buffers'} of a freshly initialised generator."""
+  x, t, labels = _dummy(config, config.data.image_size // config.process.scale)
+  return build_generator(config, dtype).init({"params": key, "dropout": key}, x, t, labels)
+
+
+def init_discriminator(config, key, dtype=None):
+  """Variables {'params'} of a freshly initialised discriminator."""
+  x, t, labels = _dummy(config, config.data.image_size, batch=4)
+  if not config.discriminator.conditional:
+    labels = None
+  return build_discriminator(config, dtype).init({"params": key, "dropout": key}, x, t, labels)
+
+
+def count_params(variables) -> int:
+  """Number of trainable parameters (the 'params' collection)."""
+  params = variables.get("params", variables)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
