@@ -1,4 +1,5 @@
 """Launch scripts in dry-run mode print exactly the commands they would run."""
+
 import os
 import subprocess
 
@@ -8,29 +9,48 @@ from tests.conftest import REPO
 
 
 def _dry(script, env, *args):
-  out = subprocess.run(["bash", str(REPO / "launch" / script), "--dry-run", *args],
-                       env={**os.environ, **env}, capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    ["bash", str(REPO / "launch" / script), "--dry-run", *args],
+    env={**os.environ, **env},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   return out.returncode, out.stdout.strip().splitlines(), out.stderr
 
 
 def test_gpu_single_host_dry_run():
-  rc, lines, _ = _dry("gpu_single_host.sh", {"WORKDIR": "/runs/a", "CONFIG": "configs/ffhq64.py"},
-                      "--config.training.batch_size=256")
+  rc, lines, _ = _dry(
+    "gpu_single_host.sh",
+    {"WORKDIR": "/runs/a", "CONFIG": "configs/ffhq64.py"},
+    "--config.training.batch_size=256",
+  )
   assert rc == 0
-  assert lines == ["+ python3 -m udpm_jax.main --config=configs/ffhq64.py --workdir=/runs/a "
-                   "--config.training.batch_size=256"]
+  assert lines == [
+    "+ python3 -m udpm_jax.main --config=configs/ffhq64.py --workdir=/runs/a "
+    "--config.training.batch_size=256"
+  ]
 
 
 def test_slurm_dry_run_uses_distributed_init():
   rc, lines, _ = _dry("slurm.sbatch", {"WORKDIR": "/shared/w"})
   assert rc == 0
-  assert lines == ["+ srun --kill-on-bad-exit=1 python3 -m udpm_jax.main --jax_distributed "
-                   "--config=configs/cifar10.py --workdir=/shared/w"]
+  assert lines == [
+    "+ srun --kill-on-bad-exit=1 python3 -m udpm_jax.main --jax_distributed "
+    "--config=configs/cifar10.py --workdir=/shared/w"
+  ]
 
 
 def test_tpu_pod_dry_run_copies_installs_and_trains_on_all_workers():
-  rc, lines, _ = _dry("tpu_pod.sh", {"TPU_NAME": "v4-32", "ZONE": "us-central2-b",
-                                     "WORKDIR": "gs://b/run", "TFDS_DATA_DIR": "gs://b/tfds"})
+  rc, lines, _ = _dry(
+    "tpu_pod.sh",
+    {
+      "TPU_NAME": "v4-32",
+      "ZONE": "us-central2-b",
+      "WORKDIR": "gs://b/run",
+      "TFDS_DATA_DIR": "gs://b/tfds",
+    },
+  )
   assert rc == 0 and len(lines) == 3
   assert lines[0].startswith("+ gcloud compute tpus tpu-vm scp --recurse ")
   assert all("--worker=all" in line and "--zone=us-central2-b" in line for line in lines)
@@ -42,6 +62,11 @@ def test_tpu_pod_dry_run_copies_installs_and_trains_on_all_workers():
 @pytest.mark.parametrize("script", ["gpu_single_host.sh", "slurm.sbatch", "tpu_pod.sh"])
 def test_missing_settings_are_refused(script):
   env = {k: v for k, v in os.environ.items() if k not in ("WORKDIR", "TPU_NAME", "ZONE")}
-  out = subprocess.run(["bash", str(REPO / "launch" / script), "--dry-run"], env=env,
-                       capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    ["bash", str(REPO / "launch" / script), "--dry-run"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert out.returncode == 2 and "is not set" in out.stderr

@@ -3,13 +3,29 @@
 Submodules are imported lazily so `import udpm_jax` stays cheap and a notebook that only needs
 the operators does not pay for TFDS or Orbax.
 """
+
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("configs", "operators", "process", "models", "losses", "lpips", "inception",
-               "data", "train", "sampling", "evaluate", "checkpoint", "convert", "metrics",
-               "assets", "bench")
+_SUBMODULES = (
+  "configs",
+  "operators",
+  "process",
+  "models",
+  "losses",
+  "lpips",
+  "inception",
+  "data",
+  "train",
+  "sampling",
+  "evaluate",
+  "checkpoint",
+  "convert",
+  "metrics",
+  "assets",
+  "bench",
+)
 
 
 def __getattr__(name):

@@ -44,7 +44,7 @@ class _StorageType:
 def _rebuild_tensor(storage, offset, size, stride, *_):
   flat = storage.array
   if not size:
-    return flat[offset].copy()
+    return np.array(flat[offset])
   itemsize = flat.dtype.itemsize
   view = np.lib.stride_tricks.as_strided(
     flat[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
