@@ -1,0 +1,174 @@
+"""Input pipelines: every source against independently decoded data; determinism; host splits."""
+
+import gzip
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import udpm_jax
+from udpm_jax import data
+
+
+def _config(**kw):
+  config = udpm_jax.configs.get_config("test")
+  config.data.update(**kw)
+  return config
+
+
+def _png(arr):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def test_fashion_mnist_idx_matches_raw_bytes_and_pads(assets):
+  path = assets / "data" / "fashion-mnist"
+  config = _config(
+    source="idx", path=str(path), image_size=32, channels=1, resize="pad", random_flip=False
+  )
+  with gzip.open(path / "train-images-idx3-ubyte.gz") as f:
+    raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+  with gzip.open(path / "train-labels-idx1-ubyte.gz") as f:
+    raw_labels = np.frombuffer(f.read(), np.uint8, offset=8)
+  assert raw.shape == (60000, 28, 28)
+  batch = next(
+    data.make_iterator(config, global_batch_size=8, seed=0, process_index=0, process_count=1)
+  )
+  idx = data.batch_indices(60000, 8, 0, 0)
+  np.testing.assert_allclose(batch["image"][:, 2:30, 2:30, 0], raw[idx] / 127.5 - 1.0, atol=1e-6)
+  assert np.all(batch["image"][:, :2] == -1.0) and batch["image"].shape == (8, 32, 32, 1)
+  np.testing.assert_array_equal(batch["label"], raw_labels[idx])
+  rgb = _config(source="idx", path=str(path), image_size=32, channels=3, resize="pad")
+  x, y = data.load_arrays(rgb, split="test", limit=5)
+  assert x.shape == (5, 32, 32, 3) and np.all(x[..., 0] == x[..., 2]) and y.dtype == np.int32
+
+
+def test_cifar_npz_values_and_labels(assets):
+  path = assets / "data" / "cifar10_partial.npz"
+  config = _config(source="npz", path=str(path), image_size=32, random_flip=False)
+  with np.load(path) as f:
+    ref_x, ref_y = f["x_train"], f["y_train"]
+  x, y = data.load_arrays(config, limit=10)
+  np.testing.assert_array_equal(x, ref_x[:10])
+  np.testing.assert_array_equal(y, ref_y[:10])
+  it = data.make_iterator(
+    config, global_batch_size=4, seed=3, start_step=2, process_index=0, process_count=1
+  )
+  idx = data.batch_indices(len(ref_x), 4, 3, 2)
+  np.testing.assert_allclose(next(it)["image"], ref_x[idx] / 127.5 - 1.0, atol=1e-6)
+
+
+def test_determinism_resume_and_host_split():
+  config = _config(random_flip=True)
+  it = data.make_iterator(config, global_batch_size=8, seed=5, process_index=0, process_count=1)
+  run = [next(it) for _ in range(40)]  # 320 samples: crosses the 256-example epoch boundary
+  again = data.make_iterator(config, global_batch_size=8, seed=5, process_index=0, process_count=1)
+  np.testing.assert_array_equal(next(again)["image"], run[0]["image"])
+  resumed = data.make_iterator(
+    config, global_batch_size=8, seed=5, start_step=33, process_index=0, process_count=1
+  )
+  for k in range(33, 40):
+    b = next(resumed)
+    np.testing.assert_array_equal(b["image"], run[k]["image"])
+    np.testing.assert_array_equal(b["label"], run[k]["label"])
+  halves = [
+    next(
+      data.make_iterator(
+        config, global_batch_size=8, seed=5, start_step=7, process_index=h, process_count=2
+      )
+    )
+    for h in (0, 1)
+  ]
+  np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), run[7]["image"])
+  # Each epoch visits every example exactly once.
+  idx = np.concatenate([data.batch_indices(256, 8, 5, k) for k in range(32)])
+  np.testing.assert_array_equal(np.sort(idx), np.arange(256))
+  other = data.make_iterator(config, global_batch_size=8, seed=6, process_index=0, process_count=1)
+  assert not np.array_equal(next(other)["image"], run[0]["image"])
+
+
+def test_flips_are_exact_mirrors():
+  on = data.make_iterator(
+    _config(random_flip=True), global_batch_size=16, seed=1, process_index=0, process_count=1
+  )
+  off = data.make_iterator(
+    _config(random_flip=False), global_batch_size=16, seed=1, process_index=0, process_count=1
+  )
+  a, b = next(on)["image"], next(off)["image"]
+  mask = data.flips(16, 1, 0)
+  assert 0 < mask.sum() < 16
+  np.testing.assert_array_equal(a[mask], b[mask][:, :, ::-1])
+  np.testing.assert_array_equal(a[~mask], b[~mask])
+  assert a.min() >= -1.0 and a.max() <= 1.0
+
+
+def test_folder_with_corrupt_rgba_and_gray_files(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "rgb.png").write_bytes(_png(rgb))
+  rgba = np.concatenate([rgb, np.full((16, 16, 1), 255, np.uint8)], -1)
+  (tmp_path / "a" / "rgba.png").write_bytes(_png(rgba))
+  gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+  (tmp_path / "gray.png").write_bytes(_png(gray))
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+  config = _config(source="folder", path=str(tmp_path), image_size=16, random_flip=False)
+  x, _ = data.load_arrays(config)
+  assert x.shape == (3, 16, 16, 3)  # the corrupt file is skipped …
+  assert "skipped 1 unreadable" in caplog.text  # … and counted
+  by_name = dict(zip(sorted(["a/rgb.png", "a/rgba.png", "gray.png"]), x))
+  np.testing.assert_array_equal(by_name["a/rgb.png"], rgb)
+  np.testing.assert_array_equal(by_name["a/rgba.png"], rgb)
+  np.testing.assert_array_equal(by_name["gray.png"], np.repeat(gray[..., None], 3, -1))
+  bad = tmp_path / "all_bad"
+  bad.mkdir()
+  (bad / "x.png").write_bytes(b"nope")
+  with pytest.raises(data.DataError, match="none of the 1 image files could be read"):
+    data.load_arrays(_config(source="folder", path=str(bad), image_size=16))
+  with pytest.raises(data.DataError, match="is not a directory"):
+    data.load_arrays(_config(source="folder", path=str(tmp_path / "missing"), image_size=16))
+
+
+def test_zip_archive_with_labels_and_resize(tmp_path):
+  rng = np.random.default_rng(1)
+  imgs = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(3)]
+  path = tmp_path / "ds.zip"
+  with zipfile.ZipFile(path, "w") as z:
+    for i, im in enumerate(imgs):
+      z.writestr(f"00000/img{i:08d}.png", _png(im))
+    z.writestr(
+      "dataset.json", json.dumps({"labels": [[f"00000/img{i:08d}.png", 7 - i] for i in range(3)]})
+    )
+  x, y = data.load_arrays(
+    _config(source="zip", path=str(path), image_size=16, resize="center_crop")
+  )
+  assert x.shape == (3, 16, 16, 3)
+  np.testing.assert_array_equal(y, [7, 6, 5])
+  with pytest.raises(data.DataError, match="images are 20×24 but data.image_size=16"):
+    data.load_arrays(_config(source="zip", path=str(path), image_size=16, resize="none"))
+
+
+def test_npz_errors_name_the_problem(tmp_path):
+  np.savez(tmp_path / "a.npz", foo=np.zeros(3))
+  with pytest.raises(data.DataError, match="no image array for split 'train'.*found \\['foo'\\]"):
+    data.load_arrays(_config(source="npz", path=str(tmp_path / "a.npz")))
+  np.savez(tmp_path / "b.npz", images=np.zeros((2, 16, 16, 4), np.uint8))
+  with pytest.raises(data.DataError, match="4 channels"):
+    data.load_arrays(_config(source="npz", path=str(tmp_path / "b.npz")))
+
+
+def test_tfds_source_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = _config(source="tfds", name="cifar10", image_size=32, random_flip=False)
+  with tfds.testing.mock_data(num_examples=12):
+    it = data.make_iterator(config, global_batch_size=4, seed=0, process_index=0, process_count=1)
+    batch = next(it)
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].dtype == np.int32
+    assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    src = data.make_source(config)
+    idx = data.batch_indices(len(src), 4, 0, 0)
+    np.testing.assert_allclose(batch["image"], src.get(idx)[0] / 127.5 - 1, atol=1e-6)
