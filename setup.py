@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "pillow>=10",
     "tensorboard>=2.15",
+    # clu's metric writers and TFDS' tfds.load import TensorFlow; the CPU build is enough.
+    "tensorflow-cpu>=2.16",
     "etils[epath]>=1.7",
 ]
 

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 
 # Must happen before JAX initialises its backends.
 # Compile-light: XLA's CPU backend spends seconds optimising every threefry draw at the default
@@ -10,6 +11,10 @@ os.environ.setdefault(
   "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache per test session, shared with the training subprocesses that
+# the kill/resume tests start: identical programs compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="udpm_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -409,6 +409,7 @@ def make_iterator(
     raise DataError(f"global batch {global_batch_size} is not divisible by {process_count} hosts.")
   per_host = global_batch_size // process_count
   rows = slice(process_index * per_host, (process_index + 1) * per_host)
+  # Open (and validate) the source now, so bad paths fail before training writes anything.
   source = make_source(config)
   if len(source) == 0:
     raise DataError(f"{source.origin} is empty.")
@@ -419,16 +420,19 @@ def make_iterator(
     global_batch_size,
     per_host,
   )
-  step = start_step
-  while True:
-    idx = batch_indices(len(source), global_batch_size, seed, step)[rows]
-    images, labels = source.get(idx)
-    x = preprocess(images, config, source.origin)
-    if config.data.random_flip:
-      flip = flips(global_batch_size, seed, step)[rows]
-      x[flip] = x[flip, :, ::-1]
-    yield {"image": x, "label": labels.astype(np.int32)}
-    step += 1
+
+  def batches(step):
+    while True:
+      idx = batch_indices(len(source), global_batch_size, seed, step)[rows]
+      images, labels = source.get(idx)
+      x = preprocess(images, config, source.origin)
+      if config.data.random_flip:
+        flip = flips(global_batch_size, seed, step)[rows]
+        x[flip] = x[flip, :, ::-1]
+      yield {"image": x, "label": labels.astype(np.int32)}
+      step += 1
+
+  return batches(start_step)
 
 
 def load_arrays(config, split: str | None = None, limit: int | None = None):

@@ -245,7 +245,15 @@ def q_sample(sched: Schedule, x0, level: int, key, noise=None):
     (B, N_l, N_l, C).
   """
   sched._check_level(level)
-  mean = q_mean(sched, x0, level)
+  return q_perturb(sched, q_mean(sched, x0, level), level, key, noise)
+
+
+def q_perturb(sched: Schedule, mean, level: int, key, noise=None):
+  """mean + a draw of the level-l marginal noise (covariance σ̃_l² I, or circulant).
+
+  Starting a chain from a known H^l x_0 (super-resolution) uses this with mean = ᾱ_l H^l x_0.
+  """
+  sched._check_level(level)
   if noise is None:
     noise = jax.random.normal(key, mean.shape, mean.dtype)
   return mean + _cov_sqrt_apply(sched, noise, level)

@@ -39,8 +39,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
     The final training state.
   """
   configs_lib.validate(config)
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   mesh = ts.make_mesh()
   batch_size = ts.global_batch_size(config)
   if batch_size % jax.device_count():
@@ -48,28 +46,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
       f"The global batch size {batch_size} is not divisible by the device count "
       f"{jax.device_count()}; set --config.training.batch_size to a multiple."
     )
-  gen, disc, init_fn, step_fn = ts.build(config, mesh)
-  key = jax.random.PRNGKey(config.seed)
-
-  manager = checkpoint.make_manager(workdir, config)
-  abstract_state = jax.eval_shape(init_fn, key)
-  start_step, state = checkpoint.restore_state(manager, abstract_state)
-  if state is None:
-    start_step, state = 0, init_fn(key)
-    logging.info("Initialised a new run in %s.", workdir)
-  else:
-    logging.info("Resumed from step %d in %s.", start_step, workdir)
-  start_step = int(start_step)
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  parameter_overview.log_parameter_overview(state.g_params, msg="Generator parameters")
-  parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
-
   t = config.training
   k = max(int(t.steps_per_dispatch), 1)
   num_steps = int(t.num_steps)
+  workdir = epath.Path(workdir)
+  gen, disc, init_fn, step_fn = ts.build(config, mesh)
+  key = jax.random.PRNGKey(config.seed)
+
+  # Everything that can fail on bad input runs before the first write, so a bad data path or a
+  # mismatched checkpoint leaves an existing workdir exactly as it was.
+  start_step, state = 0, None
+  if checkpoint.all_steps(workdir):
+    reader = checkpoint.make_manager(workdir, config, read_only=True)
+    start_step, state = checkpoint.restore_state(reader, jax.eval_shape(init_fn, key))
+    reader.close()
+  start_step = int(start_step)
   if (num_steps - start_step) % k:
     raise ValueError(
       f"training.num_steps={num_steps} minus the resumed step {start_step} must be "
@@ -83,31 +74,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+
   lpips_params = ts.load_lpips_params(config)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  manager = checkpoint.make_manager(workdir, config)
+  if state is None:
+    state = init_fn(key)
+    logging.info("Initialised a new run in %s.", workdir)
+  else:
+    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  parameter_overview.log_parameter_overview(state.g_params, msg="Generator parameters")
+  parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sampler = _GridSampler(config)
   pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
   last_good = start_step
 
-  with metric_writers.ensure_flushes(writer):
-    step = start_step
-    while step < num_steps:
-      local = _next_batch(batches, k)
-      state, metrics = step_fn(state, ts.to_global_batch(local, mesh, k > 1), lpips_params)
-      pending.append(metrics)
-      step += k
-      progress(step)
-      is_last = step >= num_steps
-      save_now = manager.should_save(step) or is_last
-      if step % t.log_every < k or save_now:
-        _write_metrics(writer, step, pending)  # raises NonFiniteLossError before any save
-        pending = []
-      if save_now:
-        checkpoint.save(manager, step, state, config, force=is_last)
-        last_good = step
-      if t.sample_every and step % t.sample_every < k and not is_last:
-        sampler.write(writer, workdir, step, state)
-  manager.wait_until_finished()
+  try:
+    with metric_writers.ensure_flushes(writer):
+      step = start_step
+      while step < num_steps:
+        local = _next_batch(batches, k)
+        state, metrics = step_fn(state, ts.to_global_batch(local, mesh, k > 1), lpips_params)
+        pending.append(metrics)
+        step += k
+        progress(step)
+        is_last = step >= num_steps
+        save_now = manager.should_save(step) or is_last
+        if step % t.log_every < k or save_now:
+          _write_metrics(writer, step, pending)  # raises NonFiniteLossError before any save
+          pending = []
+        if save_now:
+          checkpoint.save(manager, step, state, config, force=is_last)
+          last_good = step
+        if t.sample_every and step % t.sample_every < k and not is_last:
+          sampler.write(writer, workdir, step, state)
+  finally:
+    # Completes pending async saves even when the loop stops on an error (e.g. a NaN).
+    manager.wait_until_finished()
   sampler.write(writer, workdir, num_steps, state, final=True)
   logging.info("Finished at step %d (last checkpoint %d).", num_steps, last_good)
   return state
@@ -164,29 +172,13 @@ class _GridSampler:
     variables = {"params": state.ema_params, **state.g_consts}
     key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), 0)
     levels = self.fn(variables, key, num=num, return_levels=True)
-    grid = _levels_grid(levels, self.config.data.image_size)
+    grid = image_io.levels_grid(levels, self.config.data.image_size)
     if jax.process_index() == 0:
       writer.write_images(step, {"samples/levels": grid[None]})
       name = "samples.png" if final else f"samples_{step:08d}.png"
       image_io.save_png_grid(
         str(epath.Path(workdir) / name), np.asarray(levels[-1]), nrow=int(np.ceil(np.sqrt(num)))
       )
-
-
-def _levels_grid(levels, size):
-  """Rows = samples, columns = levels x_L … x_0, each upsampled (nearest) to the image side."""
-  cols = []
-  for x in levels:
-    x = np.asarray(x, np.float32)
-    rep = size // x.shape[1]
-    x = np.repeat(np.repeat(x, rep, axis=1), rep, axis=2)
-    x = x / max(1.0, float(np.abs(x).max()))  # coarse levels live in wider ranges
-    cols.append(x)
-  grid = np.concatenate(cols, axis=2)  # (B, N, N·(L+1), C)
-  grid = np.concatenate(list(grid), axis=0)
-  if grid.shape[-1] == 1:
-    grid = np.repeat(grid, 3, axis=-1)
-  return np.clip((grid + 1) / 2, 0, 1)
 
 
 def _flat_hparams(config):

@@ -1,0 +1,191 @@
+"""Training end to end with the real tiny networks: learning, kill/resume, bad input, NaN stop."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import udpm_jax
+from tests.conftest import REPO
+from udpm_jax import checkpoint, data, train
+from udpm_jax import process as proc
+from udpm_jax import train_step as ts
+
+
+def _cli(workdir, *overrides):
+  return [
+    sys.executable,
+    "-m",
+    "udpm_jax.main",
+    f"--config={REPO}/configs/test.py",
+    f"--workdir={workdir}",
+    "--config.training.num_steps=8",
+    "--config.training.ckpt_every=2",
+    *overrides,
+  ]
+
+
+def _env():
+  return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _tree_bytes(workdir):
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for f in files:
+      p = os.path.join(root, f)
+      out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted 8-step run of configs/test.py."""
+  workdir = tmp_path_factory.mktemp("ref")
+  subprocess.run(_cli(workdir), env=_env(), check=True, capture_output=True, timeout=900)
+  return workdir
+
+
+def _kill_when(proc_, predicate, timeout=600):
+  start = time.time()
+  while time.time() - start < timeout:
+    if proc_.poll() is not None:
+      return False
+    if predicate():
+      proc_.send_signal(signal.SIGKILL)
+      proc_.wait()
+      return True
+    time.sleep(0.005)
+  raise TimeoutError("the condition to kill the run never happened")
+
+
+def test_killed_runs_resume_bit_exactly(reference_run, tmp_path):
+  ckpt = tmp_path / "checkpoints"
+  # 1) Kill while step 4's checkpoint is being written (its temporary directory exists).
+  p = subprocess.Popen(
+    _cli(tmp_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  killed = _kill_when(
+    p, lambda: ckpt.exists() and any(n.startswith("4.") and "tmp" in n for n in os.listdir(ckpt))
+  )
+  assert killed, "the run finished before it could be killed"
+  assert checkpoint.all_steps(tmp_path) in ([2], [2, 4])
+  # 2) Resume, and kill again as soon as step 6 is complete.
+  p = subprocess.Popen(
+    _cli(tmp_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  _kill_when(p, lambda: 6 in checkpoint.all_steps(tmp_path))
+  # 3) Resume to the end.
+  subprocess.run(_cli(tmp_path), env=_env(), check=True, capture_output=True, timeout=900)
+  assert checkpoint.all_steps(tmp_path)[-1] == 8
+  for ema in (False, True):
+    _, ref = checkpoint.restore_params(reference_run, ema=ema)
+    _, got = checkpoint.restore_params(tmp_path, ema=ema)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+      np.testing.assert_array_equal(a, b)  # bit-exact continuation
+
+
+def test_restore_params_samples_and_errors(reference_run, tmp_path):
+  config, variables = checkpoint.restore_params(reference_run)
+  assert config.training.num_steps == 8 and tuple(config.process.alphas) == (0.5, 0.2, 1e-3)
+  sample = udpm_jax.sampling.make_sample_fn(config)
+  images = sample(variables, jax.random.PRNGKey(0), num=8)
+  assert images.shape == (8, 16, 16, 3) and np.all(np.abs(images) <= 1)
+  assert (reference_run / "samples.png").exists()
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint found"):
+    checkpoint.restore_params(tmp_path)
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint for step 5.*available: "):
+    checkpoint.restore_params(reference_run, step=5)
+
+
+def test_bad_inputs_leave_the_workdir_intact(reference_run, tmp_path):
+  import shutil
+
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference_run, workdir)
+  before = _tree_bytes(workdir)
+  # A different network in the same workdir: refused, nothing written.
+  out = subprocess.run(
+    _cli(workdir, "--config.model.model_channels=8", "--config.training.num_steps=10"),
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert out.returncode != 0 and "does not match this model/config" in out.stderr
+  assert _tree_bytes(workdir) == before
+  # A missing data path: refused before anything is written.
+  out = subprocess.run(
+    _cli(
+      workdir,
+      "--config.data.source=folder",
+      "--config.data.path=/nonexistent/images",
+      "--config.training.num_steps=10",
+    ),
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert out.returncode != 0 and "/nonexistent/images" in out.stderr
+  assert _tree_bytes(workdir) == before
+  # A corrupt checkpoint: a clear error, the files untouched.
+  victim = max(
+    (p for p in before if "/8/state/" in p and os.path.getsize(p) > 1000), key=os.path.getsize
+  )
+  with open(victim, "r+b") as f:
+    f.seek(100)
+    f.write(b"\0" * 200)
+  damaged = _tree_bytes(workdir)
+  with pytest.raises(checkpoint.CheckpointError):
+    checkpoint.restore_params(workdir)
+  assert _tree_bytes(workdir) == damaged
+
+
+def test_l1_falls_on_a_fixed_batch_and_nan_stops_the_run(tmp_path, monkeypatch):
+  config = udpm_jax.configs.get_config("test")
+  config.optim.update(g_lr=2e-3, d_lr=2e-3)
+  mesh = ts.make_mesh(jax.devices()[:2])
+  gen, _, init_fn, step_fn = ts.build(config, mesh)
+  state = init_fn(jax.random.PRNGKey(0))
+  batch = next(
+    data.make_iterator(config, global_batch_size=8, seed=0, process_index=0, process_count=1)
+  )
+  sched = proc.Schedule.from_config(config)
+  x1 = proc.q_sample(sched, jnp.asarray(batch["image"]), 1, jax.random.PRNGKey(9))
+
+  def l1_level1(s):
+    pred = gen.apply({"params": s.g_params, **s.g_consts}, x1, sched.t(1), batch["label"])
+    return float(jnp.mean(jnp.abs(pred - batch["image"])))
+
+  before = l1_level1(state)
+  losses = []
+  for _ in range(25):
+    state, m = step_fn(state, ts.to_global_batch(batch, mesh), None)
+    losses.append(jax.device_get(m))
+  assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in losses)
+  after = l1_level1(state)
+  assert after < 0.8 * before, (before, after)
+
+  # Non-finite data at step 3 stops the run with a clear error; step 2's checkpoint survives.
+  real = data.make_iterator
+
+  def poisoned(*args, **kwargs):
+    for i, b in enumerate(real(*args, **kwargs)):
+      if i == 2:
+        b = {**b, "image": np.full_like(b["image"], np.nan)}
+      yield b
+
+  monkeypatch.setattr(data, "make_iterator", poisoned)
+  config = udpm_jax.configs.get_config("test")
+  config.training.update(ckpt_every=2, log_every=1)
+  with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint.all_steps(tmp_path) == [2]

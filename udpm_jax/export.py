@@ -1,0 +1,43 @@
+"""A serialized sampler (`jax.export`) that runs without the model code.
+
+The artifact is StableHLO with the weights baked in as constants and a fixed batch: its only input
+is a PRNG key's raw data (uint32[2]), its output the images (num, N, N, C) in [-1, 1]. Load it with
+`load_exported(path)` anywhere a compatible jaxlib runs; udpm_jax itself is not needed there.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+
+from udpm_jax import sampling
+
+
+def export_sampler(config, variables, num: int, path, denoise_fn=None, platforms=("cpu",)):
+  """Exports `make_sample_fn(config)(variables, key, num)` to `path`; returns the Exported."""
+  sample = sampling.make_sample_fn(config, denoise_fn, devices=jax.devices()[:1])
+
+  def fn(key_data):
+    return sample(variables, jax.random.wrap_key_data(key_data, impl="threefry2x32"), num=num)
+
+  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
+    jax.ShapeDtypeStruct((2,), jnp.uint32)
+  )
+  path = epath.Path(path)
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_bytes(exported.serialize())
+  tmp.rename(path)
+  return exported
+
+
+def load_exported(path):
+  """A callable `sample(key) -> images` from an exported sampler file."""
+  exported = jax.export.deserialize(bytearray(epath.Path(path).read_bytes()))
+
+  def sample(key):
+    key = jnp.asarray(key)
+    data = key if key.dtype == jnp.uint32 else jax.random.key_data(key)
+    return exported.call(data)
+
+  return sample

@@ -1,0 +1,76 @@
+"""Turning model outputs into image files: uint8 conversion, PNG files and grids."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from etils import epath
+
+
+def to_uint8(images) -> np.ndarray:
+  """[-1, 1] floats → uint8 by rounding (x + 1) · 127.5, clipped (the EDM/FID convention)."""
+  x = np.asarray(images, np.float32)
+  return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images, nrow: int, pad: int = 1) -> np.ndarray:
+  """(B, H, W, C) uint8 → one (rows·(H+pad)+pad, nrow·(W+pad)+pad, C) mosaic, row-major."""
+  images = np.asarray(images)
+  b, h, w, c = images.shape
+  rows = -(-b // nrow)
+  grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), images.dtype)
+  for i, im in enumerate(images):
+    r, k = divmod(i, nrow)
+    grid[
+      pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w
+    ] = im
+  return grid
+
+
+def save_png(path, image_uint8) -> None:
+  """Writes one (H, W, 1|3) uint8 image atomically (a crash never leaves a half-written PNG)."""
+  from PIL import Image
+
+  arr = np.asarray(image_uint8)
+  path = epath.Path(path)
+  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+  with tmp.open("wb") as f:
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(f, format="PNG")
+  tmp.rename(path)
+
+
+def save_png_grid(path, images, nrow: int) -> None:
+  """Images in [-1, 1] (B, H, W, C) → one PNG grid."""
+  save_png(path, make_grid(to_uint8(images), nrow))
+
+
+def save_pngs(directory, images, start_index: int, labels=None) -> list[str]:
+  """One PNG per image named %06d[_label].png from `start_index`; returns the paths."""
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for i, im in enumerate(to_uint8(images)):
+    name = f"{start_index + i:06d}" + (f"_{int(labels[i])}" if labels is not None else "") + ".png"
+    save_png(directory / name, im)
+    paths.append(str(directory / name))
+  return paths
+
+
+def levels_grid(levels, size: int) -> np.ndarray:
+  """Rows = samples, columns = levels x_L … x_0, each upsampled (nearest) to side `size`.
+
+  Returns float RGB in [0, 1]. Coarse levels live in wider ranges (H^l x_0 spans ±s^l with the
+  'norm' kernel), so each column is scaled into [-1, 1] before display.
+  """
+  cols = []
+  for x in levels:
+    x = np.asarray(x, np.float32)
+    rep = size // x.shape[1]
+    x = np.repeat(np.repeat(x, rep, axis=1), rep, axis=2)
+    cols.append(x / max(1.0, float(np.abs(x).max())))
+  grid = np.concatenate(cols, axis=2)  # (B, N, N·(L+1), C)
+  grid = np.concatenate(list(grid), axis=0)
+  if grid.shape[-1] == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  return np.clip((grid + 1) / 2, 0, 1)
