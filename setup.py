@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "absl-py>=2.1",
     "pillow>=10",
+    "scipy>=1.11",
     "tensorboard>=2.15",
     # clu's metric writers and TFDS' tfds.load import TensorFlow; the CPU build is enough.
     "tensorflow-cpu>=2.16",
