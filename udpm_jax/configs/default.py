@@ -102,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
       ema_decay=0.9999,
       compute_dtype="bfloat16",  # forward passes; params stay float32
       steps_per_dispatch=1,
+      level_dispatch="host",  # 'host': one program per level; 'switch': lax.switch (see train_step)
       log_every=100,
       ckpt_every=5000,
       keep_checkpoints=3,

@@ -34,33 +34,39 @@ def fir_filter(taps: Sequence[float]) -> np.ndarray:
   return np.outer(f, f) / f.sum() ** 2
 
 
-def _depthwise(x, f2d, stride, padding, lhs_dilation=(1, 1)):
-  c = x.shape[-1]
-  w = jnp.asarray(np.broadcast_to(f2d[:, :, None, None], f2d.shape + (1, c)), x.dtype)
-  return jax.lax.conv_general_dilated(
-    x,
-    w,
-    (stride, stride),
-    padding,
-    lhs_dilation=lhs_dilation,
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=c,
-  )
+def _strided_fir(x, f2d, pad: int):
+  """Σ_{a,b} f[a,b] · x_pad[2i + a, 2j + b]: a per-channel stride-2 filter as K² strided slices.
+
+  Written with slices rather than a grouped convolution because XLA:CPU differentiates grouped
+  convolutions (twice, for R1) orders of magnitude more slowly; slices have trivial gradients.
+  """
+  if pad:
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  k = f2d.shape[0]
+  n_h, n_w = (x.shape[1] - k) // 2 + 1, (x.shape[2] - k) // 2 + 1
+  out = None
+  for a in range(k):
+    for b in range(k):
+      term = float(f2d[a, b]) * x[:, a : a + 2 * n_h - 1 : 2, b : b + 2 * n_w - 1 : 2]
+      out = term if out is None else out + term
+  return out
 
 
 def fir_downsample(x, taps):
   """Blur with the FIR filter and keep every second pixel (N → N/2, any N ≥ 2 even)."""
   f2d = fir_filter(taps)
-  p = (f2d.shape[0] - 1) // 2
-  return _depthwise(x, f2d, 2, [(p, p), (p, p)])
+  return _strided_fir(x, f2d, (f2d.shape[0] - 1) // 2)
 
 
 def fir_upsample(x, taps):
-  """Zero-insertion upsampling by 2 followed by the FIR filter ×4 (N → 2N, also from 1×1)."""
-  f2d = fir_filter(taps) * 4.0
-  k = f2d.shape[0]
-  p = k - 1 - (k - 1) // 2
-  return _depthwise(x, f2d, 1, [(p, p), (p, p)], lhs_dilation=(2, 2))
+  """N → 2N: the transposed stride-2 FIR filter ×4 (zero insertion then blur), also from 1×1.
+
+  Exactly 4 × the adjoint of `fir_downsample`, which is how a transposed convolution is defined.
+  """
+  b, h, w, c = x.shape
+  primal = jax.ShapeDtypeStruct((b, 2 * h, 2 * w, c), x.dtype)
+  (y,) = jax.linear_transpose(lambda z: fir_downsample(z, taps), primal)(x)
+  return 4.0 * y
 
 
 class Conv(nn.Module):
@@ -98,7 +104,7 @@ class Conv(nn.Module):
       f_pad = (len(self.resample_taps) - 1) // 2
       h = conv(x, [(w_pad + f_pad,) * 2] * 2)
       f2d = fir_filter(self.resample_taps)
-      return _depthwise(h, f2d, 2, [(0, 0), (0, 0)])
+      return _strided_fir(h, f2d, 0)
     if self.up:
       x = fir_upsample(x, self.resample_taps)
     if self.down:

@@ -1,0 +1,197 @@
+"""Evaluation: FID (and optionally KID, precision/recall) of EMA samples against reference statistics.
+
+  python -m udpm_jax.evaluate --workdir=DIR --num=50000 [--step=S | --all] [--kid] [--pr]
+
+Samples follow the FID protocol of EDM: class-balanced labels, a uint8 round trip (as if saved to
+PNG), Inception pool3 features. Reference statistics come from --reference_stats, or are computed
+once from the training set of the run's config and cached in the workdir with their provenance.
+Results go to <workdir>/eval/step_<S>.json and TensorBoard; steps already evaluated are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+_NUM = flags.DEFINE_integer("num", 50_000, "Number of samples.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_ALL = flags.DEFINE_bool("all", False, "Evaluate every checkpoint in the workdir.")
+_BATCH = flags.DEFINE_integer("batch", 250, "Images per sampler/Inception call.")
+_INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights (.pth/.npz).")
+_REFERENCE = flags.DEFINE_string("reference_stats", None, "Reference statistics .npz.")
+_KID = flags.DEFINE_bool("kid", False, "Also compute KID.")
+_PR = flags.DEFINE_bool("pr", False, "Also compute precision/recall.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _feature_fn(inception_params):
+  import jax
+  import jax.numpy as jnp
+
+  from udpm_jax import inception
+
+  fn = jax.jit(inception.features)
+
+  def features(images_uint8):
+    return fn(inception_params, jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0)
+
+  return features
+
+
+def reference_statistics(config, features, batch=250, path=None, limit=None):
+  """FIDStats of the config's training set (cached at `path` with provenance when given)."""
+  import numpy as np
+  from etils import epath
+
+  from udpm_jax import data, metrics
+
+  if path is not None and epath.Path(path).exists():
+    return metrics.load_reference_stats(path)[0]
+  images, _ = data.load_arrays(config, split="train", limit=limit)
+  stats = metrics.FIDStats.empty()
+  for i in range(0, len(images), batch):
+    stats = stats.merge(
+      metrics.FIDStats.from_model_output(np.asarray(features(images[i : i + batch])))
+    )
+  if path is not None:
+    metrics.save_reference_stats(
+      path,
+      stats,
+      dataset=config.data.name,
+      source=config.data.source,
+      split="train",
+      image_size=config.data.image_size,
+      resize="bilinear to 299 (pytorch-fid)",
+    )
+  return stats
+
+
+def evaluate_step(
+  workdir,
+  step,
+  num,
+  *,
+  batch=250,
+  seed=0,
+  inception_weights=None,
+  reference_stats=None,
+  kid=False,
+  pr=False,
+  features=None,
+):
+  """Metrics of checkpoint `step` (None = latest); returns the result dict and writes its JSON."""
+  import jax
+  import numpy as np
+  from etils import epath
+
+  from udpm_jax import checkpoint, image_io, inception, metrics, sampling
+
+  config, variables = checkpoint.restore_params(workdir, step=step, ema=True)
+  step = checkpoint.load_config(workdir, step)[0]
+  if features is None:
+    features = _feature_fn(
+      inception.load_params(inception_weights or config.eval.inception_weights or None)
+    )
+  ref_path = (
+    reference_stats
+    or config.eval.reference_stats
+    or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
+  )
+  (epath.Path(workdir) / "eval").mkdir(parents=True, exist_ok=True)
+  ref = reference_statistics(config, features, batch, ref_path)
+  sample = sampling.make_sample_fn(config)
+  k = config.data.num_classes
+  stats, feats = metrics.FIDStats.empty(), metrics.FeatureSet.empty()
+  start = time.time()
+  for b in range(-(-num // batch)):
+    n = min(batch, num - b * batch)
+    labels = (np.arange(b * batch, b * batch + batch) % k) if k else None
+    images = sample(
+      variables, jax.random.fold_in(jax.random.PRNGKey(seed), b), num=batch, labels=labels
+    )
+    f = np.asarray(features(image_io.to_uint8(images)))[:n]  # the uint8 (PNG) round trip
+    stats = stats.merge(metrics.FIDStats.from_model_output(f))
+    if kid or pr:
+      feats = feats.merge(metrics.FeatureSet.from_model_output(f))
+    logging.info(
+      "step %d: %d/%d samples (%.1f images/s)",
+      step,
+      b * batch + n,
+      num,
+      (b * batch + n) / (time.time() - start),
+    )
+  result = {
+    "step": int(step),
+    "num_samples": int(num),
+    "fid": metrics.fid(stats, ref),
+    "reference_stats": ref_path,
+  }
+  if kid or pr:
+    ref_images = _reference_features(config, features, batch, num)
+    if kid:
+      result["kid"] = metrics.kid(feats.features, ref_images)
+    if pr:
+      result["precision"], result["recall"] = metrics.precision_recall(ref_images, feats.features)
+  out = epath.Path(workdir) / "eval" / f"step_{step}.json"
+  out.write_text(json.dumps(result, indent=2))
+  return result
+
+
+def _reference_features(config, features, batch, num):
+  import numpy as np
+
+  from udpm_jax import data
+
+  images, _ = data.load_arrays(config, split="train", limit=num)
+  return np.concatenate(
+    [np.asarray(features(images[i : i + batch])) for i in range(0, len(images), batch)]
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from clu import metric_writers
+  from etils import epath
+
+  from udpm_jax import checkpoint, inception
+
+  steps = checkpoint.all_steps(_WORKDIR.value) if _ALL.value else [_STEP.value]
+  features = None
+  writer = metric_writers.create_default_writer(str(epath.Path(_WORKDIR.value) / "eval"))
+  for step in steps:
+    done = epath.Path(_WORKDIR.value) / "eval" / f"step_{step}.json"
+    if step is not None and done.exists():
+      logging.info("step %d already evaluated: %s", step, done.read_text())
+      continue
+    if features is None:
+      features = _feature_fn(inception.load_params(_INCEPTION.value))
+    result = evaluate_step(
+      _WORKDIR.value,
+      step,
+      _NUM.value,
+      batch=_BATCH.value,
+      seed=_SEED.value,
+      reference_stats=_REFERENCE.value,
+      kid=_KID.value,
+      pr=_PR.value,
+      features=features,
+    )
+    writer.write_scalars(
+      result["step"],
+      {k: v for k, v in result.items() if k in ("fid", "kid", "precision", "recall")},
+    )
+    logging.info("%s", json.dumps(result))
+  writer.flush()
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
