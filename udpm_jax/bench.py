@@ -10,6 +10,7 @@ an ordinary diffusion model with this network costs.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -63,18 +64,19 @@ def report(config, batch: int = 16, train_batch: int = 0, repeats: int = 3) -> d
     )
 
   full = call_at(n)
-  per_level = {level: _flops(call_at(sched.side(level))) for level in range(1, sched.levels + 1)}
+  calls = {level: call_at(sched.side(level)) for level in range(1, sched.levels + 1)}
+  inputs = {level: jnp.zeros((batch, sched.side(level), sched.side(level), c)) for level in calls}
+  per_level = {level: _flops(compiled) for level, compiled in calls.items()}
   sample = sampling.make_sample_fn(config, devices=jax.devices()[:1])
   compile_start = time.perf_counter()
-  sample(variables, key, num=batch)
+  jax.block_until_ready(sample(variables, key, num=batch))
   compile_s = time.perf_counter() - compile_start
   sample_compiled = jax.jit(lambda v, k: sample(v, k, num=batch)).lower(variables, key).compile()
   sampler_flops = _flops(sample_compiled)
   net_only = sum(per_level.values())
   sec = _timed(lambda: sample(variables, key, num=batch), repeats)
   net_sec = sum(
-    _timed(lambda s=sched.side(level): call_at(s)(variables, jnp.zeros((batch, s, s, c))), repeats)
-    for level in per_level
+    _timed(functools.partial(calls[level], variables, inputs[level]), repeats) for level in calls
   )
   mem = sample_compiled.memory_analysis()
   out = {
