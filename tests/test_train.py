@@ -106,6 +106,19 @@ def test_restore_params_samples_and_errors(reference_run, tmp_path):
   images = sample(variables, jax.random.PRNGKey(0), num=8)
   assert images.shape == (8, 16, 16, 3) and np.all(np.abs(images) <= 1)
   assert (reference_run / "samples.png").exists()
+  # The sample CLI's library form: class-balanced PNGs, resumable (a second call writes nothing).
+  from udpm_jax import sample as sample_cli
+
+  out = tmp_path / "pngs"
+  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4, grid=True, npz=True) == 10
+  names = sorted(p.name for p in out.glob("0*.png"))
+  assert names[:3] == ["000000_0.png", "000001_1.png", "000002_2.png"] and len(names) == 10
+  assert (out / "grid_levels.png").exists()
+  assert np.load(out / "samples.npz")["images"].shape == (10, 16, 16, 3)
+  first = (out / "000005_5.png").read_bytes()
+  (out / "000005_5.png").unlink()
+  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4) == 2  # only batch 1 redone
+  assert (out / "000005_5.png").read_bytes() == first
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint found"):
     checkpoint.restore_params(tmp_path)
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint for step 5.*available: "):
