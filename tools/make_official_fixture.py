@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 
-from tools.parity_official import _their_modules
+from tools.parity_official import _their_modules, their_generator
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "official_test.npz"
 
@@ -36,23 +36,10 @@ def main():
   import udpm_jax
 
   config = udpm_jax.configs.get_config("test")
-  p, m, d = config.process, config.model, config.discriminator
+  p, d = config.process, config.discriminator
   model_mod, disc_mod = _their_modules(args.udpm_repo)
   size, classes = config.data.image_size, config.data.num_classes
-  gen = model_mod.UDPM_Net(
-    in_shape=size // p.scale,
-    in_channels=3,
-    num_blocks_per_res=m.num_blocks,
-    channel_mult=list(m.channel_mult),
-    model_channels=m.model_channels,
-    attn_resolutions=list(m.attn_resolutions),
-    out_channels=3,
-    classes_num=classes,
-    net_type="NCSN",
-    class_dropout_prob=0,
-    dropout=0,
-    sf=p.scale,
-  ).eval()
+  gen = their_generator(model_mod, config)
   disc = disc_mod.get_disc(
     types.SimpleNamespace(
       img_size=size,

@@ -30,6 +30,25 @@ def _their_modules(repo):
   return model, discriminator
 
 
+def their_generator(model_mod, config):
+  """Their UDPM_Net built with the settings of our `config` (eval mode)."""
+  p, m = config.process, config.model
+  return model_mod.UDPM_Net(
+    in_shape=config.data.image_size // p.scale,
+    in_channels=3,
+    num_blocks_per_res=m.num_blocks,
+    channel_mult=list(m.channel_mult),
+    model_channels=m.model_channels,
+    attn_resolutions=list(m.attn_resolutions),
+    out_channels=3,
+    classes_num=config.data.num_classes,
+    net_type={"ncsnpp": "NCSN", "ddpmpp": "DDPM"}[m.arch],
+    class_dropout_prob=0,
+    dropout=m.dropout,
+    sf=p.scale,
+  ).eval()
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--udpm_repo", required=True)
@@ -47,20 +66,7 @@ def main():
   p, m, d = config.process, config.model, config.discriminator
   model_mod, disc_mod = _their_modules(args.udpm_repo)
   size, classes = config.data.image_size, config.data.num_classes
-  theirs = model_mod.UDPM_Net(
-    in_shape=size // p.scale,
-    in_channels=3,
-    num_blocks_per_res=m.num_blocks,
-    channel_mult=list(m.channel_mult),
-    model_channels=m.model_channels,
-    attn_resolutions=list(m.attn_resolutions),
-    out_channels=3,
-    classes_num=classes,
-    net_type={"ncsnpp": "NCSN", "ddpmpp": "DDPM"}[m.arch],
-    class_dropout_prob=0,
-    dropout=m.dropout,
-    sf=p.scale,
-  ).eval()
+  theirs = their_generator(model_mod, config)
   with torch.no_grad():  # their zero-ish init would hide errors in the last layers
     for prm in theirs.parameters():
       prm.add_(0.05 * torch.randn_like(prm))
