@@ -63,7 +63,7 @@ def main():
 
   torch.manual_seed(0)
   config = udpm_jax.configs.get_config(args.config)
-  p, m, d = config.process, config.model, config.discriminator
+  p, d = config.process, config.discriminator
   model_mod, disc_mod = _their_modules(args.udpm_repo)
   size, classes = config.data.image_size, config.data.num_classes
   theirs = their_generator(model_mod, config)
