@@ -27,7 +27,7 @@ def export_sampler(config, variables, num: int, path, denoise_fn=None, platforms
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp"
   tmp.write_bytes(exported.serialize())
-  tmp.rename(path)
+  tmp.replace(path)
   return exported
 
 

@@ -37,7 +37,7 @@ def save_png(path, image_uint8) -> None:
   tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
   with tmp.open("wb") as f:
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(f, format="PNG")
-  tmp.rename(path)
+  tmp.replace(path)  # atomic, and overwrites a file a resumed run writes again
 
 
 def save_png_grid(path, images, nrow: int) -> None:

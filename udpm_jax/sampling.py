@@ -114,6 +114,9 @@ def make_sample_fn(
       labels = default_labels(config, num)
     elif config.data.num_classes == 0:
       raise ValueError("This config is unconditional (data.num_classes=0): labels must be None.")
+    # Restored or user-made arrays may sit on one device; the program spans the whole mesh.
+    rep = NamedSharding(mesh, P())
+    variables, latents = jax.device_put((variables, latents), rep)
     return jitted(variables, key, num, labels, latents, return_levels)
 
   sample.schedule = sched
