@@ -117,7 +117,7 @@ def test_restore_params_samples_and_errors(reference_run, tmp_path):
   assert np.load(out / "samples.npz")["images"].shape == (10, 16, 16, 3)
   first = (out / "000005_5.png").read_bytes()
   (out / "000005_5.png").unlink()
-  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4) == 2  # only batch 1 redone
+  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4) == 4  # batch 1 (4 images) redone
   assert (out / "000005_5.png").read_bytes() == first
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint found"):
     checkpoint.restore_params(tmp_path)
