@@ -114,35 +114,101 @@ def report(config, batch: int = 16, train_batch: int = 0, repeats: int = 3) -> d
   return out
 
 
-def _train_report(config, batch, repeats):
-  import jax
+# Dense bf16 peak of the accelerators we report MFU on (vendor datasheets, no sparsity).
+PEAK_BF16_FLOPS = {
+  "NVIDIA H100 80GB HBM3": 989.4e12,
+  "NVIDIA H100 PCIe": 756.0e12,
+  "NVIDIA H200": 989.4e12,
+  "NVIDIA A100-SXM4-80GB": 312e12,
+  "NVIDIA A100-SXM4-40GB": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+}
 
+
+def _random_lpips_params(config):
+  """LPIPS-shaped random weights: FLOPs and timings do not depend on the values."""
+  import jax
+  import jax.numpy as jnp
+
+  from udpm_jax import lpips as lpips_lib
+
+  if not any(w > 0 for w in config.loss.lpips):
+    return None
+  x = jnp.zeros((1, 32, 32, 3))
+  return lpips_lib.LPIPS().init(jax.random.PRNGKey(0), x, x)["params"]
+
+
+def _train_report(config, batch, repeats):
+  """Per-level D and G update programs, compiled and timed one by one.
+
+  The trainer runs one compiled program per level and update (host dispatch) and draws the D and
+  G levels uniformly, so the expected step time is mean_l(D_l) + mean_l(G_l).
+  """
+  import jax
+  import numpy as np
+
+  from udpm_jax import models
   from udpm_jax import train_step as ts
 
   config = config.copy_and_resolve_references()
   config.training.batch_size = batch
+  config.training.steps_per_dispatch = 1
   mesh = ts.make_mesh()
-  _, _, init_fn, step_fn = ts.build(config, mesh)
-  state = init_fn(jax.random.PRNGKey(0))
-  n, c = config.data.image_size, config.data.channels
-  import numpy as np
+  dtype = ts.compute_dtype(config)
+  gen = models.build_generator(config, dtype=dtype)
+  disc = models.build_discriminator(config, dtype=dtype)
+  g_tx, d_tx = ts.make_optimizers(config)
+  lpips_params = _random_lpips_params(config)
+  lpips_fn = None
+  if lpips_params is not None:
+    from udpm_jax import lpips as lpips_lib
 
-  b = {"image": np.zeros((batch, n, n, c), np.float32), "label": np.zeros((batch,), np.int32)}
-  lp = ts.load_lpips_params(config)
-  start = time.perf_counter()
-  state, m = step_fn(state, ts.to_global_batch(b, mesh), lp)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(repeats):
-    state, m = step_fn(state, ts.to_global_batch(b, mesh), lp)
-  jax.block_until_ready(m)
-  sec = (time.perf_counter() - start) / repeats
+    lpips_fn = lpips_lib.lpips_distance
+  _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn)
+  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
+  n, c = config.data.image_size, config.data.channels
+  rng = np.random.default_rng(0)
+  local = {
+    "image": rng.uniform(-1, 1, (batch, n, n, c)).astype(np.float32),
+    "label": (np.arange(batch) % max(config.data.num_classes, 1)).astype(np.int32),
+  }
+  gbatch = ts.to_global_batch(local, mesh)
+  rep, data = ts.replicated(mesh), ts.batch_sharding(mesh)
+  per_level = {}
+  for level in range(1, config.process.levels + 1):
+    row = {}
+    for name, fn, args in (
+      ("d", functools.partial(parts.d_update, level_d=level), (state, gbatch)),
+      ("g", functools.partial(parts.g_update, level_g=level), (state, gbatch, lpips_params)),
+    ):
+      shardings = (rep, data, rep)[: len(args)]
+      jitted = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep))
+      start = time.perf_counter()
+      compiled = jitted.lower(*args).compile()
+      row[f"{name}_compile_seconds"] = time.perf_counter() - start
+      row[f"{name}_flops"] = _flops(compiled)
+      row[f"{name}_seconds"] = _timed(lambda compiled=compiled, args=args: compiled(*args), repeats)
+    per_level[str(level)] = row
+  rows = list(per_level.values())
+  sec = np.mean([r["d_seconds"] for r in rows]) + np.mean([r["g_seconds"] for r in rows])
+  flops = np.mean([r["d_flops"] for r in rows]) + np.mean([r["g_flops"] for r in rows])
+  kind = jax.devices()[0].device_kind
+  peak = PEAK_BF16_FLOPS.get(kind)
+  achieved = flops / sec / jax.device_count()
   return {
     "batch": batch,
-    "steps_per_second": 1 / sec,
-    "images_per_second": batch / sec,
-    "first_step_seconds_incl_compile": compile_s,
+    "compute_dtype": config.training.compute_dtype,
+    "devices": jax.device_count(),
+    "per_level": per_level,
+    "expected_step_seconds": float(sec),
+    "steps_per_second": float(1 / sec),
+    "images_per_second": float(batch / sec),
+    "flops_per_step": float(flops),
+    "achieved_flops_per_second_per_device": float(achieved),
+    "mfu_vs_bf16_peak": float(achieved / peak) if peak else None,
+    "peak_bf16_flops_assumed": peak,
   }
 
 
