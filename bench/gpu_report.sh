@@ -11,5 +11,5 @@ mkdir -p "$out"
 for item in "$@"; do
   cfg=${item%%:*} train_batch=${item##*:}
   python3 -m udpm_jax.bench --config="configs/$cfg.py" --batch=256 --train_batch="$train_batch" \
-    --repeats=10 --parallel_compile --out="$out/$cfg.json"
+    --repeats=10 --parallel_compile ${BENCH_FLAGS:-} --out="$out/$cfg.json"
 done
