@@ -1,6 +1,7 @@
 """Training end to end with the real tiny networks: learning, kill/resume, bad input, NaN stop."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 
 import udpm_jax
 from tests.conftest import REPO
-from udpm_jax import checkpoint, data, train
+from tests.toy_models import pooled_pixel_features
+from udpm_jax import checkpoint, data, evaluate, inception, train
 from udpm_jax import process as proc
 from udpm_jax import train_step as ts
 
@@ -218,7 +220,15 @@ def test_l1_falls_on_a_fixed_batch_and_nan_stops_the_run(tmp_path, monkeypatch):
       yield b
 
   monkeypatch.setattr(data, "make_iterator", poisoned)
-  config.training.update(ckpt_every=2, log_every=1)  # same programs as above: compiled once
+  # In-training evaluation at step 2, with cheap features standing in for Inception.
+  monkeypatch.setattr(evaluate, "inception_feature_fn", lambda params: pooled_pixel_features)
+  monkeypatch.setattr(inception, "load_params", lambda *a, **k: None)
+  config.training.update(ckpt_every=2, log_every=1, eval_every=2)  # same step programs as above
+  config.eval.update(num_samples=8, batch_size=8, reference_num=16)
   with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpoint.all_steps(tmp_path) == [2]
+  result = json.loads((tmp_path / "eval" / "step_2.json").read_text())
+  assert result["step"] == 2 and result["num_samples"] == 8 and result["reference_count"] == 16
+  assert np.isfinite(result["fid"]) and result["fid"] > 0
+  assert not (tmp_path / "eval" / "step_3.json").exists()

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 
 def depth_to_space(x, s):
@@ -51,3 +52,10 @@ def toy_pair(config):
     ToyGenerator(config.data.channels, config.process.scale, config.data.num_classes),
     ToyDiscriminator(config.data.num_classes if config.discriminator.conditional else 0),
   )
+
+
+def pooled_pixel_features(images_uint8):
+  """A cheap stand-in for Inception features: 4×4 average-pooled pixels, (B, 16·C) float."""
+  x = np.asarray(images_uint8, np.float64) / 255.0
+  b, n, _, c = x.shape
+  return x.reshape(b, 4, n // 4, 4, n // 4, c).mean(axis=(2, 4)).reshape(b, -1)

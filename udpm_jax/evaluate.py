@@ -22,13 +22,16 @@ _ALL = flags.DEFINE_bool("all", False, "Evaluate every checkpoint in the workdir
 _BATCH = flags.DEFINE_integer("batch", 250, "Images per sampler/Inception call.")
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights (.pth/.npz).")
 _REFERENCE = flags.DEFINE_string("reference_stats", None, "Reference statistics .npz.")
+_REFERENCE_NUM = flags.DEFINE_integer(
+  "reference_num", None, "Training images for computed reference stats (default: config)."
+)
 _KID = flags.DEFINE_bool("kid", False, "Also compute KID.")
 _PR = flags.DEFINE_bool("pr", False, "Also compute precision/recall.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _feature_fn(inception_params):
+def inception_feature_fn(inception_params):
   import jax
   import jax.numpy as jnp
 
@@ -82,18 +85,60 @@ def evaluate_step(
   kid=False,
   pr=False,
   features=None,
+  reference_num=None,
 ):
-  """Metrics of checkpoint `step` (None = latest); returns the result dict and writes its JSON."""
+  """Metrics of checkpoint `step` (None = latest) with its EMA params; writes and returns them."""
+  from udpm_jax import checkpoint
+
+  config, variables = checkpoint.restore_params(workdir, step=step, ema=True)
+  step = checkpoint.load_config(workdir, step)[0]
+  if reference_num is not None:
+    config.eval.reference_num = reference_num
+  return evaluate_variables(
+    config,
+    variables,
+    step,
+    workdir,
+    num,
+    batch=batch,
+    seed=seed,
+    inception_weights=inception_weights,
+    reference_stats=reference_stats,
+    kid=kid,
+    pr=pr,
+    features=features,
+  )
+
+
+def evaluate_variables(
+  config,
+  variables,
+  step,
+  workdir,
+  num,
+  *,
+  batch=250,
+  seed=0,
+  inception_weights=None,
+  reference_stats=None,
+  kid=False,
+  pr=False,
+  features=None,
+):
+  """FID (KID, precision/recall) of `num` samples of `variables`; writes eval/step_<step>.json.
+
+  Image i comes from batch i // batch with key fold_in(PRNGKey(seed), b) and label i mod K, so
+  the samples do not depend on the device count. `features(uint8 NHWC) -> (B, D)` defaults to
+  Inception pool3; reference statistics are cached in <workdir>/eval unless given.
+  """
   import jax
   import numpy as np
   from etils import epath
 
-  from udpm_jax import checkpoint, image_io, inception, metrics, sampling
+  from udpm_jax import image_io, inception, metrics, sampling
 
-  config, variables = checkpoint.restore_params(workdir, step=step, ema=True)
-  step = checkpoint.load_config(workdir, step)[0]
   if features is None:
-    features = _feature_fn(
+    features = inception_feature_fn(
       inception.load_params(inception_weights or config.eval.inception_weights or None)
     )
   ref_path = (
@@ -102,7 +147,9 @@ def evaluate_step(
     or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
   )
   (epath.Path(workdir) / "eval").mkdir(parents=True, exist_ok=True)
-  ref = reference_statistics(config, features, batch, ref_path)
+  ref = reference_statistics(
+    config, features, batch, ref_path, limit=config.eval.get("reference_num", 0) or None
+  )
   sample = sampling.make_sample_fn(config)
   k = config.data.num_classes
   stats, feats = metrics.FIDStats.empty(), metrics.FeatureSet.empty()
@@ -129,6 +176,7 @@ def evaluate_step(
     "num_samples": int(num),
     "fid": metrics.fid(stats, ref),
     "reference_stats": ref_path,
+    "reference_count": int(ref.count),
   }
   if kid or pr:
     ref_images = _reference_features(config, features, batch, num)
@@ -136,8 +184,9 @@ def evaluate_step(
       result["kid"] = metrics.kid(feats.features, ref_images)
     if pr:
       result["precision"], result["recall"] = metrics.precision_recall(ref_images, feats.features)
-  out = epath.Path(workdir) / "eval" / f"step_{step}.json"
-  out.write_text(json.dumps(result, indent=2))
+  if jax.process_index() == 0:
+    out = epath.Path(workdir) / "eval" / f"step_{int(step)}.json"
+    out.write_text(json.dumps(result, indent=2))
   return result
 
 
@@ -169,7 +218,7 @@ def main(argv):
       logging.info("step %d already evaluated: %s", step, done.read_text())
       continue
     if features is None:
-      features = _feature_fn(inception.load_params(_INCEPTION.value))
+      features = inception_feature_fn(inception.load_params(_INCEPTION.value))
     result = evaluate_step(
       _WORKDIR.value,
       step,
@@ -180,6 +229,7 @@ def main(argv):
       kid=_KID.value,
       pr=_PR.value,
       features=features,
+      reference_num=_REFERENCE_NUM.value,
     )
     writer.write_scalars(
       result["step"],

@@ -40,6 +40,12 @@ class FIDStats(clu_metrics.Metric):
     return cls(count=np.asarray(len(f), np.int64), total=f.sum(0), outer=f.T @ f)
 
   def merge(self, other: "FIDStats") -> "FIDStats":
+    # The empty statistics are the identity whatever their width, so features of any dimension
+    # can start from `empty()`.
+    if int(self.count) == 0:
+      return other
+    if int(other.count) == 0:
+      return self
     return type(self)(
       count=self.count + other.count, total=self.total + other.total, outer=self.outer + other.outer
     )
@@ -78,6 +84,8 @@ class FeatureSet(clu_metrics.Metric):
     return cls(features=np.asarray(features, np.float32))
 
   def merge(self, other):
+    if not len(self.features):
+      return other
     return type(self)(features=np.concatenate([self.features, other.features]))
 
   def reduce(self):

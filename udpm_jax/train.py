@@ -91,6 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sampler = _GridSampler(config)
+  evaluator = _Evaluator(config, workdir, writer)
   pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
   last_good = start_step
 
@@ -111,6 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         if save_now:
           checkpoint.save(manager, step, state, config, force=is_last)
           last_good = step
+        if t.eval_every and step % t.eval_every < k:
+          evaluator(step, state)
         if t.sample_every and step % t.sample_every < k and not is_last:
           sampler.write(writer, workdir, step, state)
   finally:
@@ -179,6 +182,36 @@ class _GridSampler:
       image_io.save_png_grid(
         str(epath.Path(workdir) / name), np.asarray(levels[-1]), nrow=int(np.ceil(np.sqrt(num)))
       )
+
+
+class _Evaluator:
+  """In-training FID of the EMA params every `training.eval_every` steps (eval/step_<S>.json)."""
+
+  def __init__(self, config, workdir, writer):
+    self.config, self.workdir, self.writer = config, workdir, writer
+    self.features = None
+
+  def __call__(self, step, state):
+    from udpm_jax import evaluate, inception
+
+    e = self.config.eval
+    if self.features is None:
+      self.features = evaluate.inception_feature_fn(
+        inception.load_params(e.inception_weights or None)
+      )
+    variables = {"params": state.ema_params, **state.g_consts}
+    result = evaluate.evaluate_variables(
+      self.config,
+      variables,
+      step,
+      self.workdir,
+      e.num_samples,
+      batch=e.batch_size,
+      seed=self.config.seed,
+      features=self.features,
+    )
+    self.writer.write_scalars(step, {"eval/fid": result["fid"]})
+    logging.info("step %d: FID-%d %.3f", step, e.num_samples, result["fid"])
 
 
 def _flat_hparams(config):

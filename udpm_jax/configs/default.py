@@ -117,6 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=500,
       inception_weights="",  # path to the pytorch-fid .pth / our .npz; '' = cached download
       reference_stats="",  # .npz of reference statistics; '' = computed from config.data
+      reference_num=0,  # training images in computed reference stats; 0 = the whole split
     )
   )
   return config

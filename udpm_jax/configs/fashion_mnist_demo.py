@@ -1,4 +1,4 @@
-"""CPU demo: Fashion-MNIST padded to 32², small nets, class-conditional, 600 steps on 2 cores.
+"""CPU demo: Fashion-MNIST padded to 32², small nets, class-conditional, 1200 steps on 2 cores.
 
 Command: python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdir=/tmp/udpm_demo
 Data: the idx files of Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist;
@@ -26,15 +26,15 @@ def get_config():
   )
   config.discriminator.update(base_channels=16, t_emb_dim=16, dropout=0.2)
   config.loss.update(lpips=(0.0, 0.0, 0.0))
-  config.optim.update(g_lr=5e-4, d_lr=5e-4, warmup_steps=50)
+  config.optim.update(g_lr=2e-4, d_lr=2e-4, warmup_steps=50)
   config.training.update(
     batch_size=16,
-    num_steps=600,
+    num_steps=1200,
     ema_decay=0.99,
     compute_dtype="float32",
     log_every=25,
     ckpt_every=200,
     sample_every=200,
   )
-  config.eval.update(num_samples=2000, batch_size=250)
+  config.eval.update(num_samples=2000, batch_size=250, reference_num=2000)
   return config

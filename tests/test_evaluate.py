@@ -1,0 +1,67 @@
+"""The evaluation protocol of `evaluate`: samples, uint8 round trip, reference statistics, JSON."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import udpm_jax
+from tests.toy_models import pooled_pixel_features
+from udpm_jax import checkpoint, data, evaluate, image_io, metrics, sampling
+from udpm_jax import train_step as ts
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A run directory with an initialised (untrained) checkpoint at step 5: no training needed."""
+  config = udpm_jax.configs.get_config("test")
+  config.eval.update(reference_num=24)
+  path = tmp_path_factory.mktemp("eval_run")
+  _, _, init_fn, _ = ts.build(config, ts.make_mesh())
+  manager = checkpoint.make_manager(path, config)
+  checkpoint.save(manager, 5, init_fn(jax.random.PRNGKey(0)), config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
+  result = evaluate.evaluate_step(
+    workdir, None, 12, batch=8, seed=3, features=pooled_pixel_features
+  )
+  assert result["step"] == 5 and result["num_samples"] == 12 and result["reference_count"] == 24
+  assert json.loads((workdir / "eval" / "step_5.json").read_text()) == result
+  ref, provenance = metrics.load_reference_stats(workdir / "eval" / "reference_stats.npz")
+  assert int(ref.count) == 24 and provenance["split"] == "train"
+
+  # The same FID by hand: batch b has key fold_in(PRNGKey(seed), b) and labels i mod K; only the
+  # first `num` images count; images go through uint8 as if saved to PNG.
+  config, variables = checkpoint.restore_params(workdir)
+  sample = sampling.make_sample_fn(config)
+  feats = []
+  for b in range(2):
+    labels = np.arange(8 * b, 8 * b + 8) % config.data.num_classes
+    images = sample(variables, jax.random.fold_in(jax.random.PRNGKey(3), b), num=8, labels=labels)
+    feats.append(pooled_pixel_features(image_io.to_uint8(images)))
+  feats = np.concatenate(feats)[:12]
+  train_images, _ = data.load_arrays(config, split="train", limit=24)
+  expected = metrics.fid(
+    metrics.FIDStats.from_model_output(feats),
+    metrics.FIDStats.from_model_output(pooled_pixel_features(train_images)),
+  )
+  np.testing.assert_allclose(result["fid"], expected, rtol=1e-9)
+  assert result["fid"] > 1e-3
+
+  # Deterministic, and a different seed gives different samples.
+  again = evaluate.evaluate_step(workdir, 5, 12, batch=8, seed=3, features=pooled_pixel_features)
+  assert again["fid"] == result["fid"]
+  other = evaluate.evaluate_step(workdir, 5, 12, batch=8, seed=4, features=pooled_pixel_features)
+  assert other["fid"] != result["fid"]
+
+
+def test_missing_checkpoint_step_is_a_clear_error(workdir):
+  with pytest.raises(
+    checkpoint.CheckpointError, match=r"No checkpoint for step 7 .*available: \[5\]"
+  ):
+    evaluate.evaluate_step(workdir, 7, 8, batch=8, features=pooled_pixel_features)
