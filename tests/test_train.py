@@ -127,6 +127,26 @@ def test_restore_params_samples_and_errors(reference_run, tmp_path):
     checkpoint.restore_params(reference_run, step=5)
 
 
+def test_notebook_example_runs_against_the_trained_run(reference_run, tmp_path):
+  """examples/sample.py (a jupytext notebook) executed as CI would a notebook."""
+  env = {**_env(), "UDPM_WORKDIR": str(reference_run), "UDPM_EXAMPLE_OUT": str(tmp_path)}
+  done = subprocess.run(
+    [sys.executable, str(REPO / "examples" / "sample.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "interpolation endpoint equals image A: True" in done.stdout
+  names = ("grid.png", "levels.png", "interpolation.png", "perturb.png", "superres.png")
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+  from PIL import Image
+
+  n = 16  # configs/test.py image side; grids have a 1-pixel border between images
+  assert Image.open(tmp_path / "grid.png").size == (4 * (n + 1) + 1,) * 2
+
+
 def test_bad_inputs_leave_the_workdir_intact(reference_run, tmp_path):
   import shutil
 

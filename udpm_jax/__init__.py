@@ -25,6 +25,12 @@ _SUBMODULES = (
   "metrics",
   "assets",
   "bench",
+  "export",
+  "image_io",
+  "sample",
+  "superres",
+  "torch_pickle",
+  "train_step",
 )
 
 

@@ -136,6 +136,14 @@ def _from_sdist(asset, tmp, dest):
       shutil.copyfileobj(src, f)
 
 
+def read_npz(path) -> dict:
+  """All arrays of an .npz weight file, never unpickling objects."""
+  import numpy as np
+
+  with np.load(str(path), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
 def read_numpy_pickle(path) -> dict:
   """Unpickles a nested dict of numpy arrays, refusing any other global (no code execution)."""
   import pickle

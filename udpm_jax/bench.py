@@ -19,20 +19,25 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_BATCH = flags.DEFINE_integer("batch", 16, "Sampling batch.")
-_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 0, "Training batch (0 = skip training).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions after warm-up.")
-_PARALLEL_COMPILE = flags.DEFINE_bool(
-  "parallel_compile",
-  False,
-  "Compile the 2L training programs concurrently (compile seconds overlap).",
-)
-_FLOPS = flags.DEFINE_bool(
-  "flops", True, "Count FLOPs (lowered and compiled for the CPU: minutes for the paper configs)."
-)
-_OUT = flags.DEFINE_string("out", None, "Also write the JSON report to this file.")
-flags.mark_flags_as_required(["config"])
+
+def _define_flags():
+  """CLI flags, defined only when this module runs as a program (so that importing the
+  library functions of several CLI modules into one process does not clash)."""
+  global _CONFIG, _BATCH, _TRAIN_BATCH, _REPEATS, _PARALLEL_COMPILE, _FLOPS, _OUT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  _BATCH = flags.DEFINE_integer("batch", 16, "Sampling batch.")
+  _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 0, "Training batch (0 = skip training).")
+  _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions after warm-up.")
+  _PARALLEL_COMPILE = flags.DEFINE_bool(
+    "parallel_compile",
+    False,
+    "Compile the 2L training programs concurrently (compile seconds overlap).",
+  )
+  _FLOPS = flags.DEFINE_bool(
+    "flops", True, "Count FLOPs (lowered and compiled for the CPU: minutes for the paper configs)."
+  )
+  _OUT = flags.DEFINE_string("out", None, "Also write the JSON report to this file.")
+  flags.mark_flags_as_required(["config"])
 
 
 _COUNT_FLOPS = [True]
@@ -266,5 +271,10 @@ def main(argv):
       f.write(text)
 
 
-if __name__ == "__main__":
+def run():
+  _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -15,20 +15,36 @@ import time
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
-_NUM = flags.DEFINE_integer("num", 50_000, "Number of samples.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_ALL = flags.DEFINE_bool("all", False, "Evaluate every checkpoint in the workdir.")
-_BATCH = flags.DEFINE_integer("batch", 250, "Images per sampler/Inception call.")
-_INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights (.pth/.npz).")
-_REFERENCE = flags.DEFINE_string("reference_stats", None, "Reference statistics .npz.")
-_REFERENCE_NUM = flags.DEFINE_integer(
-  "reference_num", None, "Training images for computed reference stats (default: config)."
-)
-_KID = flags.DEFINE_bool("kid", False, "Also compute KID.")
-_PR = flags.DEFINE_bool("pr", False, "Also compute precision/recall.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.mark_flags_as_required(["workdir"])
+
+def _define_flags():
+  """CLI flags, defined only when this module runs as a program (so that importing the
+  library functions of several CLI modules into one process does not clash)."""
+  global \
+    _WORKDIR, \
+    _NUM, \
+    _STEP, \
+    _ALL, \
+    _BATCH, \
+    _INCEPTION, \
+    _REFERENCE, \
+    _REFERENCE_NUM, \
+    _KID, \
+    _PR, \
+    _SEED
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+  _NUM = flags.DEFINE_integer("num", 50_000, "Number of samples.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  _ALL = flags.DEFINE_bool("all", False, "Evaluate every checkpoint in the workdir.")
+  _BATCH = flags.DEFINE_integer("batch", 250, "Images per sampler/Inception call.")
+  _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights (.pth/.npz).")
+  _REFERENCE = flags.DEFINE_string("reference_stats", None, "Reference statistics .npz.")
+  _REFERENCE_NUM = flags.DEFINE_integer(
+    "reference_num", None, "Training images for computed reference stats (default: config)."
+  )
+  _KID = flags.DEFINE_bool("kid", False, "Also compute KID.")
+  _PR = flags.DEFINE_bool("pr", False, "Also compute precision/recall.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def inception_feature_fn(inception_params):
@@ -240,6 +256,7 @@ def main(argv):
 
 
 def run():
+  _define_flags()
   app.run(main)
 
 

@@ -28,8 +28,7 @@ def load_params(path=None) -> dict:
     path = assets.fetch("inception_fid")
   path = str(path)
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
-      flat = {k: f[k] for k in f.files}
+    flat = assets.read_npz(path)
   else:
     flat = torch_pickle.load_state_dict(path)
   flat = {

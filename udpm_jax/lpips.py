@@ -61,8 +61,7 @@ def load_params(path=None) -> dict:
     path = assets.fetch("lpips_vgg16")
   path = str(path)
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
-      flat = {k: f[k] for k in f.files}
+    flat = assets.read_npz(path)
   else:
     flat = _flatten(assets.read_numpy_pickle(path))
   tree = {}

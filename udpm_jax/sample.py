@@ -11,16 +11,21 @@ import time
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
-_OUT = flags.DEFINE_string("out", None, "Directory for the PNG files.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of images.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_BATCH = flags.DEFINE_integer("batch", 64, "Images per sampler call.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_EMA = flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
-_GRID = flags.DEFINE_bool("grid", False, "Also write grid_levels.png: all levels of 8 samples.")
-_NPZ = flags.DEFINE_bool("npz", False, "Also write samples.npz (uint8 images and labels).")
-flags.mark_flags_as_required(["workdir", "out"])
+
+def _define_flags():
+  """CLI flags, defined only when this module runs as a program (so that importing the
+  library functions of several CLI modules into one process does not clash)."""
+  global _WORKDIR, _OUT, _NUM, _STEP, _BATCH, _SEED, _EMA, _GRID, _NPZ
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
+  _OUT = flags.DEFINE_string("out", None, "Directory for the PNG files.")
+  _NUM = flags.DEFINE_integer("num", 64, "Number of images.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  _BATCH = flags.DEFINE_integer("batch", 64, "Images per sampler call.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  _EMA = flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
+  _GRID = flags.DEFINE_bool("grid", False, "Also write grid_levels.png: all levels of 8 samples.")
+  _NPZ = flags.DEFINE_bool("npz", False, "Also write samples.npz (uint8 images and labels).")
+  flags.mark_flags_as_required(["workdir", "out"])
 
 
 def sample_to_dir(
@@ -89,6 +94,7 @@ def main(argv):
 
 
 def run():
+  _define_flags()
   app.run(main)
 
 

@@ -15,16 +15,21 @@ import json
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
-_LEVEL = flags.DEFINE_integer("level", 1, "Start level: the input side is N / scale^level.")
-_NUM = flags.DEFINE_integer("num", 1000, "Held-out images to measure on.")
-_BATCH = flags.DEFINE_integer("batch", 250, "Images per call.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_IMAGES = flags.DEFINE_string("images", None, "Upsample these low-res images (.npz 'images').")
-_OUT = flags.DEFINE_string("out", None, "JSON report file, or PNG directory with --images.")
-_LPIPS = flags.DEFINE_string("lpips_weights", None, "LPIPS weights (.npz); default: cached.")
-flags.mark_flags_as_required(["workdir"])
+
+def _define_flags():
+  """CLI flags, defined only when this module runs as a program (so that importing the
+  library functions of several CLI modules into one process does not clash)."""
+  global _WORKDIR, _LEVEL, _NUM, _BATCH, _STEP, _SEED, _IMAGES, _OUT, _LPIPS
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
+  _LEVEL = flags.DEFINE_integer("level", 1, "Start level: the input side is N / scale^level.")
+  _NUM = flags.DEFINE_integer("num", 1000, "Held-out images to measure on.")
+  _BATCH = flags.DEFINE_integer("batch", 250, "Images per call.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  _IMAGES = flags.DEFINE_string("images", None, "Upsample these low-res images (.npz 'images').")
+  _OUT = flags.DEFINE_string("out", None, "JSON report file, or PNG directory with --images.")
+  _LPIPS = flags.DEFINE_string("lpips_weights", None, "LPIPS weights (.npz); default: cached.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def low_resolution(config, images, level: int):
@@ -139,5 +144,10 @@ def main(argv):
       f.write(text)
 
 
-if __name__ == "__main__":
+def run():
+  _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

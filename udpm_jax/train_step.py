@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import flax
@@ -387,7 +386,3 @@ def to_global_batch(local_batch: dict, mesh, scan: bool = False) -> dict:
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
   }
-
-
-def param_count(tree) -> int:
-  return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
