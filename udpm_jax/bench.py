@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import json
 import logging
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from udpm_jax import cli
 
 
 def _define_flags():
@@ -264,11 +265,7 @@ def main(argv):
   result = report(
     _CONFIG.value, _BATCH.value, _TRAIN_BATCH.value, _REPEATS.value, _PARALLEL_COMPILE.value
   )
-  text = json.dumps(result, indent=2)
-  print(text)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+  cli.print_report(result, _OUT.value)
 
 
 def run():

@@ -89,41 +89,19 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
   return stats
 
 
-def evaluate_step(
-  workdir,
-  step,
-  num,
-  *,
-  batch=250,
-  seed=0,
-  inception_weights=None,
-  reference_stats=None,
-  kid=False,
-  pr=False,
-  features=None,
-  reference_num=None,
-):
-  """Metrics of checkpoint `step` (None = latest) with its EMA params; writes and returns them."""
+def evaluate_step(workdir, step, num, *, reference_num=None, **kwargs):
+  """Metrics of checkpoint `step` (None = latest) with its EMA params; writes and returns them.
+
+  Keyword arguments are those of `evaluate_variables`; `reference_num` overrides the run's
+  config.eval.reference_num.
+  """
   from udpm_jax import checkpoint
 
   config, variables = checkpoint.restore_params(workdir, step=step, ema=True)
   step = checkpoint.load_config(workdir, step)[0]
   if reference_num is not None:
     config.eval.reference_num = reference_num
-  return evaluate_variables(
-    config,
-    variables,
-    step,
-    workdir,
-    num,
-    batch=batch,
-    seed=seed,
-    inception_weights=inception_weights,
-    reference_stats=reference_stats,
-    kid=kid,
-    pr=pr,
-    features=features,
-  )
+  return evaluate_variables(config, variables, step, workdir, num, **kwargs)
 
 
 def evaluate_variables(

@@ -11,9 +11,9 @@ uint8 NHWC at the level's side) upsamples your own images into PNGs under `--out
 
 from __future__ import annotations
 
-import json
-
 from absl import app, flags, logging
+
+from udpm_jax import cli
 
 
 def _define_flags():
@@ -137,11 +137,7 @@ def main(argv):
     "factor": config.process.scale**_LEVEL.value,
     "methods": report,
   }
-  text = json.dumps(report, indent=2)
-  print(text)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(text)
+  cli.print_report(report, _OUT.value)
 
 
 def run():
