@@ -1,4 +1,5 @@
-"""Tiny configuration for tests: a few real steps on 2 CPU cores in about a minute.
+"""Tiny configuration for tests: a few real steps on 2 CPU cores (6 per-level programs, 11–17 s of
+compile each at the default XLA optimisation level, then ~19 steps/s at batch 8).
 
 Command: python -m udpm_jax.main --config=configs/test.py --workdir=/tmp/udpm_test
 Data are synthetic (no download): the point is to exercise every code path, not to learn.
