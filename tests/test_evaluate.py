@@ -59,6 +59,13 @@ def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
   other = evaluate.evaluate_step(workdir, 5, 12, batch=8, seed=4, features=pooled_pixel_features)
   assert other["fid"] != result["fid"]
 
+  # A different reference size recomputes the cached reference statistics instead of reusing them.
+  fewer = evaluate.evaluate_step(
+    workdir, 5, 12, batch=8, seed=3, features=pooled_pixel_features, reference_num=16
+  )
+  assert fewer["reference_count"] == 16 and fewer["fid"] != result["fid"]
+  assert int(metrics.load_reference_stats(workdir / "eval" / "reference_stats.npz")[0].count) == 16
+
 
 def test_missing_checkpoint_step_is_a_clear_error(workdir):
   with pytest.raises(

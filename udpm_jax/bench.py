@@ -41,10 +41,7 @@ def _define_flags():
   flags.mark_flags_as_required(["config"])
 
 
-_COUNT_FLOPS = [True]
-
-
-def _flops(fn, *args) -> float:
+def _flops(fn, *args, enabled: bool = True) -> float:
   """FLOPs of `fn(*args)` from XLA:CPU's cost analysis of the lowered program.
 
   Always lowered for the CPU: model FLOPs do not depend on the backend, while GPU cost analysis
@@ -52,7 +49,7 @@ def _flops(fn, *args) -> float:
   """
   import jax
 
-  if not _COUNT_FLOPS[0]:
+  if not enabled:
     return float("nan")
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
   try:
@@ -77,8 +74,14 @@ def _timed(fn, repeats):
 
 
 def report(
-  config, batch: int = 16, train_batch: int = 0, repeats: int = 3, parallel_compile: bool = False
+  config,
+  batch: int = 16,
+  train_batch: int = 0,
+  repeats: int = 3,
+  parallel_compile: bool = False,
+  count_flops: bool = True,
 ) -> dict:
+  """The JSON-ready compute report of `config` (see the module docstring)."""
   import jax
   import jax.numpy as jnp
 
@@ -99,15 +102,16 @@ def report(
   sides = {level: sched.side(level) for level in range(1, sched.levels + 1)}
   inputs = {level: jnp.zeros((batch, side, side, c)) for level, side in sides.items()}
   calls = {level: jax.jit(apply).lower(variables, x).compile() for level, x in inputs.items()}
-  full_flops = _flops(apply, variables, jnp.zeros((batch, n, n, c)))
-  per_level = {level: _flops(apply, variables, x) for level, x in inputs.items()}
+  flops = functools.partial(_flops, enabled=count_flops)
+  full_flops = flops(apply, variables, jnp.zeros((batch, n, n, c)))
+  per_level = {level: flops(apply, variables, x) for level, x in inputs.items()}
   sample = sampling.make_sample_fn(config, devices=jax.devices()[:1])
   compile_start = time.perf_counter()
   jax.block_until_ready(sample(variables, key, num=batch))
   compile_s = time.perf_counter() - compile_start
   sample_compiled = jax.jit(lambda v, k: sample(v, k, num=batch)).lower(variables, key).compile()
   cpu_sample = sampling.make_sample_fn(config, devices=jax.devices("cpu")[:1])
-  sampler_flops = _flops(lambda v, k: cpu_sample(v, k, num=batch), variables, key)
+  sampler_flops = flops(lambda v, k: cpu_sample(v, k, num=batch), variables, key)
   net_only = sum(per_level.values())
   sec = _timed(lambda: sample(variables, key, num=batch), repeats)
   net_sec = sum(
@@ -148,7 +152,7 @@ def report(
     },
   }
   if train_batch:
-    out["training"] = _train_report(config, train_batch, repeats, parallel_compile)
+    out["training"] = _train_report(config, train_batch, repeats, parallel_compile, count_flops)
   return out
 
 
@@ -178,7 +182,7 @@ def _random_lpips_params(config):
   return lpips_lib.LPIPS().init(jax.random.PRNGKey(0), x, x)["params"]
 
 
-def _train_report(config, batch, repeats, parallel_compile=False):
+def _train_report(config, batch, repeats, parallel_compile=False, count_flops=True):
   """Per-level D and G update programs, compiled and timed one by one.
 
   The trainer runs one compiled program per level and update (host dispatch) and draws the D and
@@ -237,7 +241,7 @@ def _train_report(config, batch, repeats, parallel_compile=False):
     program, compile_s = compiled[(level, name)]
     row = per_level.setdefault(str(level), {})
     row[f"{name}_compile_seconds"] = compile_s
-    row[f"{name}_flops"] = _flops(fn, *args)
+    row[f"{name}_flops"] = _flops(fn, *args, enabled=count_flops)
     row[f"{name}_seconds"] = _timed(lambda program=program, args=args: program(*args), repeats)
   rows = list(per_level.values())
   sec = np.mean([r["d_seconds"] for r in rows]) + np.mean([r["g_seconds"] for r in rows])
@@ -264,9 +268,13 @@ def _train_report(config, batch, repeats, parallel_compile=False):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _COUNT_FLOPS[0] = _FLOPS.value
   result = report(
-    _CONFIG.value, _BATCH.value, _TRAIN_BATCH.value, _REPEATS.value, _PARALLEL_COMPILE.value
+    _CONFIG.value,
+    _BATCH.value,
+    _TRAIN_BATCH.value,
+    _REPEATS.value,
+    _PARALLEL_COMPILE.value,
+    _FLOPS.value,
   )
   cli.print_report(result, _OUT.value)
 

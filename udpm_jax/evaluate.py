@@ -69,7 +69,13 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
   from udpm_jax import data, metrics
 
   if path is not None and epath.Path(path).exists():
-    return metrics.load_reference_stats(path)[0]
+    cached = metrics.load_reference_stats(path)[0]
+    # A cache made with another image count (eval.reference_num changed) is recomputed, not reused.
+    if limit is None or int(cached.count) == limit:
+      return cached
+    logging.info(
+      "Reference stats at %s hold %d images, not %d: recomputing.", path, cached.count, limit
+    )
   images, _ = data.load_arrays(config, split="train", limit=limit)
   stats = metrics.FIDStats.empty()
   for i in range(0, len(images), batch):
