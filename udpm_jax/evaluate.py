@@ -124,12 +124,14 @@ def evaluate_variables(
   kid=False,
   pr=False,
   features=None,
+  sample_fn=None,
 ):
   """FID (KID, precision/recall) of `num` samples of `variables`; writes eval/step_<step>.json.
 
   Image i comes from batch i // batch with key fold_in(PRNGKey(seed), b) and label i mod K, so
   the samples do not depend on the device count. `features(uint8 NHWC) -> (B, D)` defaults to
-  Inception pool3; reference statistics are cached in <workdir>/eval unless given.
+  Inception pool3; reference statistics are cached in <workdir>/eval unless given. Pass the same
+  `sample_fn` (from `sampling.make_sample_fn(config)`) to repeated calls to compile it once.
   """
   import jax
   import numpy as np
@@ -150,7 +152,7 @@ def evaluate_variables(
   ref = reference_statistics(
     config, features, batch, ref_path, limit=config.eval.get("reference_num", 0) or None
   )
-  sample = sampling.make_sample_fn(config)
+  sample = sample_fn or sampling.make_sample_fn(config)
   k = config.data.num_classes
   stats, feats = metrics.FIDStats.empty(), metrics.FeatureSet.empty()
   start = time.time()

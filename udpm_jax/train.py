@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sampler = _GridSampler(config)
-  evaluator = _Evaluator(config, workdir, writer)
+  evaluator = _Evaluator(config, workdir, writer, sampler)
   pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
   last_good = start_step
 
@@ -166,11 +166,18 @@ class _GridSampler:
     self.config = config
     self.fn = None
 
-  def write(self, writer, workdir, step, state, final=False):
-    from udpm_jax import image_io, sampling
+  def sample_fn(self):
+    """The run's one jitted sampler (grids and in-training evaluation share its compilations)."""
+    from udpm_jax import sampling
 
     if self.fn is None:
       self.fn = sampling.make_sample_fn(self.config)
+    return self.fn
+
+  def write(self, writer, workdir, step, state, final=False):
+    from udpm_jax import image_io
+
+    self.sample_fn()
     num = 16 if self.config.data.num_classes == 0 else 2 * self.config.data.num_classes
     variables = {"params": state.ema_params, **state.g_consts}
     key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), 0)
@@ -187,15 +194,15 @@ class _GridSampler:
 class _Evaluator:
   """In-training FID of the EMA params every `training.eval_every` steps (eval/step_<S>.json)."""
 
-  def __init__(self, config, workdir, writer):
-    self.config, self.workdir, self.writer = config, workdir, writer
+  def __init__(self, config, workdir, writer, sampler: _GridSampler):
+    self.config, self.workdir, self.writer, self.sampler = config, workdir, writer, sampler
     self.features = None
 
   def __call__(self, step, state):
     from udpm_jax import evaluate, inception
 
     e = self.config.eval
-    if self.features is None:
+    if self.features is None:  # built once: later evaluations reuse the compiled program
       self.features = evaluate.inception_feature_fn(
         inception.load_params(e.inception_weights or None)
       )
@@ -209,6 +216,7 @@ class _Evaluator:
       batch=e.batch_size,
       seed=self.config.seed,
       features=self.features,
+      sample_fn=self.sampler.sample_fn(),
     )
     self.writer.write_scalars(step, {"eval/fid": result["fid"]})
     logging.info("step %d: FID-%d %.3f", step, e.num_samples, result["fid"])
