@@ -72,3 +72,68 @@ def test_missing_checkpoint_step_is_a_clear_error(workdir):
     checkpoint.CheckpointError, match=r"No checkpoint for step 7 .*available: \[5\]"
   ):
     evaluate.evaluate_step(workdir, 7, 8, batch=8, features=pooled_pixel_features)
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(workdir):
+  """Partial statistics saved after each batch: the resumed run draws only the remaining batches
+  and ends with exactly the FID of an uninterrupted run; the progress file is removed at the end."""
+  config, _ = checkpoint.restore_params(workdir)
+  sample = sampling.make_sample_fn(config)
+  calls, stop_after = [], [None]
+
+  def counting(variables, key, num, labels):
+    calls.append(key)
+    if stop_after[0] is not None and len(calls) > stop_after[0]:
+      raise _Interrupted
+    return sample(variables, key, num=num, labels=labels)
+
+  def run(seed=7, **kwargs):
+    calls.clear()
+    result = evaluate.evaluate_step(
+      workdir,
+      5,
+      18,
+      batch=4,
+      seed=seed,
+      features=pooled_pixel_features,
+      sample_fn=counting,
+      **kwargs,
+    )
+    (workdir / "eval" / "step_5.json").unlink()
+    return result
+
+  def interrupt():
+    calls.clear()
+    stop_after[0] = 3
+    with pytest.raises(_Interrupted):
+      evaluate.evaluate_step(
+        workdir,
+        5,
+        18,
+        batch=4,
+        seed=7,
+        features=pooled_pixel_features,
+        sample_fn=counting,
+        save_every_s=0.0,
+      )
+    stop_after[0] = None
+    assert partial.exists() and not (workdir / "eval" / "step_5.json").exists()
+
+  partial = workdir / "eval" / "step_5.partial.npz"
+  full = run(resume=False)
+  assert len(calls) == 5 and not partial.exists()
+
+  interrupt()
+  resumed = run(save_every_s=0.0)
+  assert len(calls) == 2  # batches 3 and 4 of 0..4
+  assert resumed["fid"] == full["fid"]
+  assert not partial.exists()
+
+  # Other settings (another seed) ignore the file instead of merging batches that are not theirs.
+  interrupt()
+  other = run(seed=8)
+  assert len(calls) == 5 and other["fid"] != full["fid"]

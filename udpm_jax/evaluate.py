@@ -5,7 +5,8 @@
 Samples follow the FID protocol of EDM: class-balanced labels, a uint8 round trip (as if saved to
 PNG), Inception pool3 features. Reference statistics come from --reference_stats, or are computed
 once from the training set of the run's config and cached in the workdir with their provenance.
-Results go to <workdir>/eval/step_<S>.json and TensorBoard; steps already evaluated are skipped.
+Results go to <workdir>/eval/step_<S>.json and TensorBoard; steps already evaluated are skipped,
+and an interrupted step resumes from its saved partial statistics (eval/step_<S>.partial.npz).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _define_flags():
     _REFERENCE_NUM, \
     _KID, \
     _PR, \
-    _SEED
+    _SEED, \
+    _RESUME
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
   _NUM = flags.DEFINE_integer("num", 50_000, "Number of samples.")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -44,6 +46,9 @@ def _define_flags():
   _KID = flags.DEFINE_bool("kid", False, "Also compute KID.")
   _PR = flags.DEFINE_bool("pr", False, "Also compute precision/recall.")
   _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  _RESUME = flags.DEFINE_bool(
+    "resume", True, "Save partial statistics every minute and resume an interrupted step."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -78,9 +83,16 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
     )
   images, _ = data.load_arrays(config, split="train", limit=limit)
   stats = metrics.FIDStats.empty()
+  start = time.time()
   for i in range(0, len(images), batch):
     stats = stats.merge(
       metrics.FIDStats.from_model_output(np.asarray(features(images[i : i + batch])))
+    )
+    logging.info(
+      "reference: %d/%d training images (%.1f images/s)",
+      int(stats.count),
+      len(images),
+      int(stats.count) / (time.time() - start),
     )
   if path is not None:
     metrics.save_reference_stats(
@@ -125,6 +137,8 @@ def evaluate_variables(
   pr=False,
   features=None,
   sample_fn=None,
+  resume=True,
+  save_every_s=60.0,
 ):
   """FID (KID, precision/recall) of `num` samples of `variables`; writes eval/step_<step>.json.
 
@@ -132,6 +146,10 @@ def evaluate_variables(
   the samples do not depend on the device count. `features(uint8 NHWC) -> (B, D)` defaults to
   Inception pool3; reference statistics are cached in <workdir>/eval unless given. Pass the same
   `sample_fn` (from `sampling.make_sample_fn(config)`) to repeated calls to compile it once.
+
+  With `resume`, the merged statistics so far are saved to eval/step_<step>.partial.npz every
+  `save_every_s` seconds, and a later call with the same step, num, batch, seed and kid/pr picks
+  up from there: an interrupted 50k-sample evaluation loses at most a minute of work.
   """
   import jax
   import numpy as np
@@ -154,9 +172,17 @@ def evaluate_variables(
   )
   sample = sample_fn or sampling.make_sample_fn(config)
   k = config.data.num_classes
-  stats, feats = metrics.FIDStats.empty(), metrics.FeatureSet.empty()
-  start = time.time()
-  for b in range(-(-num // batch)):
+  keep = bool(kid or pr)
+  num_batches = -(-num // batch)
+  progress = _Progress(
+    epath.Path(workdir) / "eval" / f"step_{int(step)}.partial.npz",
+    dict(step=int(step), num=int(num), batch=int(batch), seed=int(seed), keep_features=keep),
+  )
+  first, stats, feats = progress.load() if resume else (0, None, None)
+  stats = stats or metrics.FIDStats.empty()
+  feats = feats or metrics.FeatureSet.empty()
+  start, last_save = time.time(), time.time()
+  for b in range(first, num_batches):
     n = min(batch, num - b * batch)
     labels = (np.arange(b * batch, b * batch + batch) % k) if k else None
     images = sample(
@@ -164,15 +190,21 @@ def evaluate_variables(
     )
     f = np.asarray(features(image_io.to_uint8(images)))[:n]  # the uint8 (PNG) round trip
     stats = stats.merge(metrics.FIDStats.from_model_output(f))
-    if kid or pr:
+    if keep:
       feats = feats.merge(metrics.FeatureSet.from_model_output(f))
+    done = b * batch + n
+    rate = (done - first * batch) / (time.time() - start)
     logging.info(
-      "step %d: %d/%d samples (%.1f images/s)",
+      "step %d: %d/%d samples (%.1f images/s, %.0f s left)",
       step,
-      b * batch + n,
+      done,
       num,
-      (b * batch + n) / (time.time() - start),
+      rate,
+      (num - done) / rate,
     )
+    if resume and b + 1 < num_batches and time.time() - last_save >= save_every_s:
+      progress.save(b + 1, stats, feats if keep else None)
+      last_save = time.time()
   result = {
     "step": int(step),
     "num_samples": int(num),
@@ -189,7 +221,65 @@ def evaluate_variables(
   if jax.process_index() == 0:
     out = epath.Path(workdir) / "eval" / f"step_{int(step)}.json"
     out.write_text(json.dumps(result, indent=2))
+  if resume:
+    progress.clear()
   return result
+
+
+class _Progress:
+  """The running statistics of one evaluation, saved atomically so that it can resume.
+
+  A file made for other settings (num, batch, seed, kid/pr) is ignored, never merged: its batches
+  would not be the ones this run draws.
+  """
+
+  def __init__(self, path, settings):
+    self.path, self.settings = path, settings
+
+  def load(self):
+    import numpy as np
+
+    from udpm_jax import metrics
+
+    if not self.path.exists():
+      return 0, None, None
+    try:
+      with self.path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
+        settings = json.loads(str(f["settings"]))
+        if settings != self.settings:
+          logging.warning(
+            "Ignoring %s: made for %s, this evaluation is %s.", self.path, settings, self.settings
+          )
+          return 0, None, None
+        stats = metrics.FIDStats(count=f["count"], total=f["total"], outer=f["outer"])
+        feats = metrics.FeatureSet(features=f["features"]) if "features" in f.files else None
+        first = int(f["next_batch"])
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning("Ignoring unreadable evaluation progress %s: %s", self.path, e)
+      return 0, None, None
+    logging.info("Resuming from %s: %d images done.", self.path, int(stats.count))
+    return first, stats, feats
+
+  def save(self, next_batch, stats, feats):
+    import jax
+    import numpy as np
+
+    if jax.process_index() != 0:
+      return
+    arrays = dict(count=stats.count, total=stats.total, outer=stats.outer)
+    if feats is not None:
+      arrays["features"] = feats.features
+    # Written beside the target and renamed over it: a kill mid-write leaves the old file intact.
+    tmp = self.path.parent / (self.path.name + ".tmp")
+    with tmp.open("wb") as fh:
+      np.savez(fh, next_batch=next_batch, settings=np.array(json.dumps(self.settings)), **arrays)
+    tmp.replace(self.path)
+
+  def clear(self):
+    import jax
+
+    if jax.process_index() == 0 and self.path.exists():
+      self.path.unlink()
 
 
 def _reference_features(config, features, batch, num):
@@ -232,6 +322,7 @@ def main(argv):
       pr=_PR.value,
       features=features,
       reference_num=_REFERENCE_NUM.value,
+      resume=_RESUME.value,
     )
     writer.write_scalars(
       result["step"],

@@ -104,7 +104,7 @@ def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
   if mu1.shape != mu2.shape or cov1.shape != cov2.shape:
     raise ValueError(f"Statistics of different dimension: {mu1.shape} vs {mu2.shape}.")
   diff = mu1 - mu2
-  covmean, _ = linalg.sqrtm(cov1.dot(cov2), disp=False)
+  covmean = linalg.sqrtm(cov1.dot(cov2))  # (disp=False is deprecated in SciPy 1.16+)
   if not np.isfinite(covmean).all():
     offset = np.eye(cov1.shape[0]) * eps
     covmean = linalg.sqrtm((cov1 + offset).dot(cov2 + offset))
