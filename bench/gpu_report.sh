@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU compute report for the paper configs: FLOPs ratio, sampling images/s, and per-level training
-# programs (compile s, step s, FLOPs) with MFU against the GPU's dense bf16 peak. The 2L training
-# programs are compiled concurrently to fit a short GPU lease, so their compile seconds overlap.
+# programs (compile s, step s, FLOPs) with MFU against the GPU's dense bf16 peak. The training
+# programs compile one after another and OUT_DIR/CONFIG.json is rewritten after each one, so a job
+# cut short by a lease still leaves what it measured ("partial": true). BENCH_FLAGS=--parallel_compile
+# compiles them concurrently (shorter wall time, overlapping compile seconds).
 # Usage: bench/gpu_report.sh OUT_DIR [CONFIG:TRAIN_BATCH ...]   (default: cifar10:256 ffhq64:64)
 set -euo pipefail
 out=${1:?usage: bench/gpu_report.sh OUT_DIR [CONFIG:TRAIN_BATCH ...]}
@@ -11,5 +13,5 @@ mkdir -p "$out"
 for item in "$@"; do
   cfg=${item%%:*} train_batch=${item##*:}
   python3 -m udpm_jax.bench --config="configs/$cfg.py" --batch=256 --train_batch="$train_batch" \
-    --repeats=10 --parallel_compile ${BENCH_FLAGS:-} --out="$out/$cfg.json"
+    --repeats=10 ${BENCH_FLAGS:-} --out="$out/$cfg.json"
 done

@@ -18,3 +18,26 @@ def test_sampler_costs_under_a_third_of_one_full_resolution_call():
   assert 0 < r["sampling"]["non_network_flops_share"] < 0.01
   assert f["ratio_full_sampler_vs_one_full_call"] < 0.33
   assert np.isfinite(r["sampling"]["images_per_second"]) and r["sampling"]["images_per_second"] > 0
+
+
+def test_training_report_measures_every_level_and_reports_progress():
+  config = udpm_jax.configs.get_config("test")
+  snapshots = []
+  r = bench.report(config, batch=2, train_batch=8, repeats=1, on_progress=snapshots.append)
+  t = r["training"]
+  rows = [t["per_level"][str(level)] for level in (1, 2, 3)]
+  # Expected step = one D and one G update at uniformly drawn levels.
+  expected = np.mean([row["d_seconds"] for row in rows]) + np.mean(
+    [row["g_seconds"] for row in rows]
+  )
+  np.testing.assert_allclose(t["expected_step_seconds"], expected, rtol=1e-12)
+  np.testing.assert_allclose(t["images_per_second"], 8 / expected, rtol=1e-12)
+  # The D update at level 1 sees the largest images: it costs more FLOPs than at level 3.
+  assert rows[0]["d_flops"] > 2 * rows[2]["d_flops"] > 0
+  assert t["mfu_vs_bf16_peak"] is None  # no peak is known for a CPU
+  # Progress: the sampling part, then one snapshot per program (2 per level), all marked partial.
+  assert len(snapshots) == 7 and all(s["partial"] for s in snapshots)
+  assert "training" not in snapshots[0] and snapshots[0]["sampling"] == r["sampling"]
+  counts = [sum(len(row) for row in s["training"]["per_level"].values()) for s in snapshots[1:]]
+  assert counts == [3 * i for i in range(1, 7)]
+  assert "partial" not in r

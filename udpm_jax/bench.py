@@ -80,8 +80,13 @@ def report(
   repeats: int = 3,
   parallel_compile: bool = False,
   count_flops: bool = True,
+  on_progress=None,
 ) -> dict:
-  """The JSON-ready compute report of `config` (see the module docstring)."""
+  """The JSON-ready compute report of `config` (see the module docstring).
+
+  `on_progress(partial_report)` is called after the sampling part and after each training program,
+  with `"partial": True`, so that a job killed by a time limit still leaves what it measured.
+  """
   import jax
   import jax.numpy as jnp
 
@@ -151,8 +156,17 @@ def report(
       "sampler_arguments": getattr(mem, "argument_size_in_bytes", None),
     },
   }
+  progress = on_progress or (lambda partial: None)
   if train_batch:
-    out["training"] = _train_report(config, train_batch, repeats, parallel_compile, count_flops)
+    progress({**out, "partial": True})
+    out["training"] = _train_report(
+      config,
+      train_batch,
+      repeats,
+      parallel_compile,
+      count_flops,
+      lambda training: progress({**out, "training": training, "partial": True}),
+    )
   return out
 
 
@@ -182,7 +196,9 @@ def _random_lpips_params(config):
   return lpips_lib.LPIPS().init(jax.random.PRNGKey(0), x, x)["params"]
 
 
-def _train_report(config, batch, repeats, parallel_compile=False, count_flops=True):
+def _train_report(
+  config, batch, repeats, parallel_compile=False, count_flops=True, on_progress=None
+):
   """Per-level D and G update programs, compiled and timed one by one.
 
   The trainer runs one compiled program per level and update (host dispatch) and draws the D and
@@ -228,21 +244,25 @@ def _train_report(config, batch, repeats, parallel_compile=False, count_flops=Tr
       jitted = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep))
       jobs[(level, name)] = (jitted.lower(*args), args, fn)
 
-  def compile_timed(item):
+  def compile_timed(lowered):
     start = time.perf_counter()
-    compiled = item[1][0].compile()
-    return item[0], compiled, time.perf_counter() - start
+    return lowered.compile(), time.perf_counter() - start
 
-  workers = len(jobs) if parallel_compile else 1
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    compiled = {key: (c, sec) for key, c, sec in pool.map(compile_timed, jobs.items())}
+  compiled = {}
+  if parallel_compile:
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+      done = pool.map(compile_timed, [lowered for lowered, _, _ in jobs.values()])
+      compiled = dict(zip(jobs, done))
   per_level = {}
-  for (level, name), (_, args, fn) in jobs.items():
-    program, compile_s = compiled[(level, name)]
+  for (level, name), (lowered, args, fn) in jobs.items():
+    # Compiled one at a time, each program is measured (and reported) before the next compiles.
+    program, compile_s = compiled.get((level, name)) or compile_timed(lowered)
     row = per_level.setdefault(str(level), {})
     row[f"{name}_compile_seconds"] = compile_s
     row[f"{name}_flops"] = _flops(fn, *args, enabled=count_flops)
     row[f"{name}_seconds"] = _timed(lambda program=program, args=args: program(*args), repeats)
+    if on_progress:
+      on_progress({"batch": batch, "per_level": {k: dict(v) for k, v in per_level.items()}})
   rows = list(per_level.values())
   sec = np.mean([r["d_seconds"] for r in rows]) + np.mean([r["g_seconds"] for r in rows])
   flops = np.mean([r["d_flops"] for r in rows]) + np.mean([r["g_flops"] for r in rows])
@@ -275,6 +295,7 @@ def main(argv):
     _REPEATS.value,
     _PARALLEL_COMPILE.value,
     _FLOPS.value,
+    on_progress=(lambda partial: cli.write_report(partial, _OUT.value)) if _OUT.value else None,
   )
   cli.print_report(result, _OUT.value)
 
