@@ -67,6 +67,27 @@ def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
   assert int(metrics.load_reference_stats(workdir / "eval" / "reference_stats.npz")[0].count) == 16
 
 
+def test_reference_stats_made_by_other_feature_weights_are_recomputed(tmp_path):
+  config = udpm_jax.configs.get_config("test")
+  path = tmp_path / "ref.npz"
+
+  def features_of(digest):
+    def features(images):
+      return pooled_pixel_features(images) * (2.0 if digest == "b" else 1.0)
+
+    features.weights_digest = digest
+    return features
+
+  a = evaluate.reference_statistics(config, features_of("a"), batch=8, path=path, limit=16)
+  assert metrics.load_reference_stats(path)[1]["feature_weights_sha256"] == "a"
+  b = evaluate.reference_statistics(config, features_of("b"), batch=8, path=path, limit=16)
+  assert metrics.load_reference_stats(path)[1]["feature_weights_sha256"] == "b"
+  np.testing.assert_allclose(b.total, 2 * a.total, rtol=1e-12)
+  # Features that do not say which weights they use trust the cache.
+  again = evaluate.reference_statistics(config, pooled_pixel_features, batch=8, path=path, limit=16)
+  np.testing.assert_array_equal(again.total, b.total)
+
+
 def test_missing_checkpoint_step_is_a_clear_error(workdir):
   with pytest.raises(
     checkpoint.CheckpointError, match=r"No checkpoint for step 7 .*available: \[5\]"

@@ -70,3 +70,19 @@ def test_wrong_weights_file_is_refused(tmp_path):
   np.savez(tmp_path / "x.npz", a=np.zeros(3))
   with pytest.raises(ValueError, match="is not the FID Inception"):
     inception.load_params(tmp_path / "x.npz")
+
+
+def test_weights_digest_is_the_same_for_pth_and_npz_and_sees_one_changed_value(setup, tmp_path):
+  torch = pytest.importorskip("torch")
+  params = setup[0]
+  digest = inception.weights_digest(params)
+  # pytorch-fid's .pth form of the same weights (plus the fc layer that pool3 features ignore).
+  state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+  state["fc.weight"] = torch.zeros(1008, 2048)
+  torch.save(state, tmp_path / "same.pth")
+  assert inception.weights_digest(inception.load_params(tmp_path / "same.pth")) == digest
+  assert inception.weights_digest(dict(reversed(list(params.items())))) == digest
+  changed = dict(params)
+  name = sorted(params)[0]
+  changed[name] = params[name].at[(0,) * params[name].ndim].add(1e-6)
+  assert inception.weights_digest(changed) != digest

@@ -63,6 +63,8 @@ def inception_feature_fn(inception_params):
   def features(images_uint8):
     return fn(inception_params, jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0)
 
+  # Recorded in reference statistics, so that statistics of another network are not reused.
+  features.weights_digest = inception.weights_digest(inception_params)
   return features
 
 
@@ -73,14 +75,25 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
 
   from udpm_jax import data, metrics
 
+  digest = getattr(features, "weights_digest", None)
   if path is not None and epath.Path(path).exists():
-    cached = metrics.load_reference_stats(path)[0]
-    # A cache made with another image count (eval.reference_num changed) is recomputed, not reused.
-    if limit is None or int(cached.count) == limit:
+    cached, provenance = metrics.load_reference_stats(path)
+    # A cache made with another image count (eval.reference_num changed) or another feature
+    # network is recomputed, not reused; one that does not say which network made it is trusted.
+    made_by = provenance.get("feature_weights_sha256")
+    if limit is not None and int(cached.count) != limit:
+      logging.info(
+        "Reference stats at %s hold %d images, not %d: recomputing.", path, cached.count, limit
+      )
+    elif digest and made_by and made_by != digest:
+      logging.info(
+        "Reference stats at %s were made by feature weights %s, not %s: recomputing.",
+        path,
+        made_by[:12],
+        digest[:12],
+      )
+    else:
       return cached
-    logging.info(
-      "Reference stats at %s hold %d images, not %d: recomputing.", path, cached.count, limit
-    )
   images, _ = data.load_arrays(config, split="train", limit=limit)
   stats = metrics.FIDStats.empty()
   start = time.time()
@@ -103,6 +116,7 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
       split="train",
       image_size=config.data.image_size,
       resize="bilinear to 299 (pytorch-fid)",
+      feature_weights_sha256=digest,
     )
   return stats
 

@@ -44,6 +44,19 @@ def load_params(path=None) -> dict:
   return {k: jnp.asarray(v) for k, v in flat.items()}
 
 
+def weights_digest(params: dict) -> str:
+  """sha256 over the weights' names, shapes and float32 values: the same for the .pth and the .npz
+  form of one network, so reference statistics record which network made them."""
+  import hashlib
+
+  h = hashlib.sha256()
+  for name in sorted(params):
+    value = np.ascontiguousarray(np.asarray(params[name], np.float32))
+    h.update(f"{name}:{value.shape};".encode())
+    h.update(value.tobytes())
+  return h.hexdigest()
+
+
 def _required_keys():
   return [
     "Conv2d_1a_3x3.conv.weight",
