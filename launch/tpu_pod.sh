@@ -11,7 +11,8 @@ CONFIG="${CONFIG:-configs/cifar10.py}"
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 # Ship this checkout (not whatever a remote branch holds) so every worker runs the same code.
 SETUP="set -e; cd udpm_jax && pip install -q -U 'jax[tpu]' -e ."
-TRAIN="cd udpm_jax && TFDS_DATA_DIR=${TFDS_DATA_DIR:-} python3 -m udpm_jax.main --jax_distributed --config=$CONFIG --workdir=$WORKDIR ${ARGS[*]:-}"
+cache_env "$WORKDIR"
+TRAIN="cd udpm_jax && TFDS_DATA_DIR=${TFDS_DATA_DIR:-} ${CACHE_ENV[*]:-} python3 -m udpm_jax.main --jax_distributed --config=$CONFIG --workdir=$WORKDIR ${ARGS[*]:-}"
 run gcloud compute tpus tpu-vm scp --recurse "$SRC" "$TPU_NAME":udpm_jax --zone="$ZONE" --worker=all
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$SETUP"
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$TRAIN"
