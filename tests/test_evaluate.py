@@ -26,6 +26,20 @@ def workdir(tmp_path_factory):
   return path
 
 
+def _features_by_hand(workdir, seed, num, batch):
+  """The protocol by hand: batch b has key fold_in(PRNGKey(seed), b) and labels i mod K; only the
+  first `num` images count; images go through uint8 as if saved to PNG."""
+  config, variables = checkpoint.restore_params(workdir)
+  sample = sampling.make_sample_fn(config)
+  feats = []
+  for b in range(-(-num // batch)):
+    labels = np.arange(batch * b, batch * b + batch) % config.data.num_classes
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), b)
+    images = sample(variables, key, num=batch, labels=labels)
+    feats.append(pooled_pixel_features(image_io.to_uint8(images)))
+  return np.concatenate(feats)[:num]
+
+
 def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
   result = evaluate.evaluate_step(
     workdir, None, 12, batch=8, seed=3, features=pooled_pixel_features
@@ -35,16 +49,9 @@ def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
   ref, provenance = metrics.load_reference_stats(workdir / "eval" / "reference_stats.npz")
   assert int(ref.count) == 24 and provenance["split"] == "train"
 
-  # The same FID by hand: batch b has key fold_in(PRNGKey(seed), b) and labels i mod K; only the
-  # first `num` images count; images go through uint8 as if saved to PNG.
-  config, variables = checkpoint.restore_params(workdir)
-  sample = sampling.make_sample_fn(config)
-  feats = []
-  for b in range(2):
-    labels = np.arange(8 * b, 8 * b + 8) % config.data.num_classes
-    images = sample(variables, jax.random.fold_in(jax.random.PRNGKey(3), b), num=8, labels=labels)
-    feats.append(pooled_pixel_features(image_io.to_uint8(images)))
-  feats = np.concatenate(feats)[:12]
+  # The same FID by hand.
+  config, _ = checkpoint.restore_params(workdir)
+  feats = _features_by_hand(workdir, seed=3, num=12, batch=8)
   train_images, _ = data.load_arrays(config, split="train", limit=24)
   expected = metrics.fid(
     metrics.FIDStats.from_model_output(feats),
@@ -86,6 +93,32 @@ def test_reference_stats_made_by_other_feature_weights_are_recomputed(tmp_path):
   # Features that do not say which weights they use trust the cache.
   again = evaluate.reference_statistics(config, pooled_pixel_features, batch=8, path=path, limit=16)
   np.testing.assert_array_equal(again.total, b.total)
+
+
+def test_kid_and_precision_recall_use_cached_reference_features(workdir):
+  config, _ = checkpoint.restore_params(workdir)
+  featurized = []
+
+  def counting(images):
+    featurized.append(len(images))
+    return pooled_pixel_features(images)
+
+  kwargs = dict(batch=8, seed=5, kid=True, pr=True, features=counting, resume=False)
+  first = evaluate.evaluate_step(workdir, 5, 12, **kwargs)
+  train_images, _ = data.load_arrays(config, split="train", limit=12)
+  ref = pooled_pixel_features(train_images)
+  feats = _features_by_hand(workdir, seed=5, num=12, batch=8)
+  assert first["kid"] == pytest.approx(metrics.kid(feats, ref), rel=1e-6, abs=1e-9)
+  expected_pr = metrics.precision_recall(ref, feats)
+  assert (first["precision"], first["recall"]) == pytest.approx(expected_pr)
+  cached = np.load(workdir / "eval" / "reference_features.npz")["features"]
+  np.testing.assert_allclose(cached, ref, rtol=1e-6)
+
+  # Another step (here: the same one again) featurizes only its samples: 2 batches of 8.
+  (workdir / "eval" / "step_5.json").unlink()
+  featurized.clear()
+  again = evaluate.evaluate_step(workdir, 5, 12, **kwargs)
+  assert featurized == [8, 8] and again == first
 
 
 def test_missing_checkpoint_step_is_a_clear_error(workdir):

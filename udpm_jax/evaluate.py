@@ -78,22 +78,10 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
   digest = getattr(features, "weights_digest", None)
   if path is not None and epath.Path(path).exists():
     cached, provenance = metrics.load_reference_stats(path)
-    # A cache made with another image count (eval.reference_num changed) or another feature
-    # network is recomputed, not reused; one that does not say which network made it is trusted.
-    made_by = provenance.get("feature_weights_sha256")
-    if limit is not None and int(cached.count) != limit:
-      logging.info(
-        "Reference stats at %s hold %d images, not %d: recomputing.", path, cached.count, limit
-      )
-    elif digest and made_by and made_by != digest:
-      logging.info(
-        "Reference stats at %s were made by feature weights %s, not %s: recomputing.",
-        path,
-        made_by[:12],
-        digest[:12],
-      )
-    else:
+    reason = _stale(provenance, int(cached.count), limit, digest)
+    if reason is None:
       return cached
+    logging.info("Reference stats at %s %s: recomputing.", path, reason)
   images, _ = data.load_arrays(config, split="train", limit=limit)
   stats = metrics.FIDStats.empty()
   start = time.time()
@@ -119,6 +107,20 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
       feature_weights_sha256=digest,
     )
   return stats
+
+
+def _stale(provenance, count, want_count, digest):
+  """Why a cached reference (stats or features) cannot serve, or None when it can.
+
+  A cache made with another image count or by another feature network is recomputed; one that does
+  not say which network made it (or features that do not say) is trusted.
+  """
+  made_by = provenance.get("feature_weights_sha256")
+  if want_count is not None and count != want_count:
+    return f"hold {count} images, not {want_count}"
+  if digest and made_by and made_by != digest:
+    return f"were made by feature weights {made_by[:12]}, not {digest[:12]}"
+  return None
 
 
 def evaluate_step(workdir, step, num, *, reference_num=None, **kwargs):
@@ -227,7 +229,9 @@ def evaluate_variables(
     "reference_count": int(ref.count),
   }
   if kid or pr:
-    ref_images = _reference_features(config, features, batch, num)
+    ref_images = reference_features(
+      config, features, batch, num, epath.Path(workdir) / "eval" / "reference_features.npz"
+    )
     if kid:
       result["kid"] = metrics.kid(feats.features, ref_images)
     if pr:
@@ -278,16 +282,16 @@ class _Progress:
     import jax
     import numpy as np
 
+    from udpm_jax import metrics
+
     if jax.process_index() != 0:
       return
     arrays = dict(count=stats.count, total=stats.total, outer=stats.outer)
     if feats is not None:
       arrays["features"] = feats.features
-    # Written beside the target and renamed over it: a kill mid-write leaves the old file intact.
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    with tmp.open("wb") as fh:
-      np.savez(fh, next_batch=next_batch, settings=np.array(json.dumps(self.settings)), **arrays)
-    tmp.replace(self.path)
+    metrics.savez_atomic(
+      self.path, next_batch=next_batch, settings=np.array(json.dumps(self.settings)), **arrays
+    )
 
   def clear(self):
     import jax
@@ -296,15 +300,31 @@ class _Progress:
       self.path.unlink()
 
 
-def _reference_features(config, features, batch, num):
+def reference_features(config, features, batch, num, path=None):
+  """Features of the first `num` training images, for KID and precision/recall (cached at `path`
+  as float32 with provenance, so that evaluating many steps computes them once)."""
+  import jax
   import numpy as np
+  from etils import epath
 
-  from udpm_jax import data
+  from udpm_jax import data, metrics
 
+  digest = getattr(features, "weights_digest", None)
+  if path is not None and epath.Path(path).exists():
+    with epath.Path(path).open("rb") as fh, np.load(fh, allow_pickle=False) as f:
+      cached, provenance = f["features"], json.loads(str(f["provenance"]))
+    reason = _stale(provenance, len(cached), num, digest)
+    if reason is None:
+      return cached
+    logging.info("Reference features at %s %s: recomputing.", path, reason)
   images, _ = data.load_arrays(config, split="train", limit=num)
-  return np.concatenate(
-    [np.asarray(features(images[i : i + batch])) for i in range(0, len(images), batch)]
+  feats = np.concatenate(
+    [np.asarray(features(images[i : i + batch]), np.float32) for i in range(0, len(images), batch)]
   )
+  if path is not None and jax.process_index() == 0:
+    provenance = dict(dataset=config.data.name, split="train", feature_weights_sha256=digest)
+    metrics.savez_atomic(path, features=feats, provenance=np.array(json.dumps(provenance)))
+  return feats
 
 
 def main(argv):

@@ -173,6 +173,18 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
   return precision, recall
 
 
+def savez_atomic(path, **arrays) -> None:
+  """np.savez to a temporary file beside `path`, renamed over it: a kill mid-write leaves the old
+  file (or none), never a truncated one. `path` may be local or any etils.epath location."""
+  from etils import epath
+
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  with tmp.open("wb") as fh:
+    np.savez(fh, **arrays)
+  tmp.replace(path)
+
+
 def save_reference_stats(path, stats: FIDStats, **provenance) -> None:
   """Writes mu/sigma (pytorch-fid's keys) plus the sufficient statistics and provenance JSON."""
   meta = {
@@ -180,7 +192,7 @@ def save_reference_stats(path, stats: FIDStats, **provenance) -> None:
     **provenance,
     "count": int(stats.count),
   }
-  np.savez(
+  savez_atomic(
     path,
     mu=stats.mean,
     sigma=stats.cov,
