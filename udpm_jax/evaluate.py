@@ -164,8 +164,8 @@ def evaluate_variables(
   `sample_fn` (from `sampling.make_sample_fn(config)`) to repeated calls to compile it once.
 
   With `resume`, the merged statistics so far are saved to eval/step_<step>.partial.npz every
-  `save_every_s` seconds, and a later call with the same step, num, batch, seed and kid/pr picks
-  up from there: an interrupted 50k-sample evaluation loses at most a minute of work.
+  `save_every_s` seconds, and a later call with the same step, num, batch, seed, kid/pr and
+  feature weights picks up from there: an interrupted 50k-sample evaluation loses at most a minute of work.
   """
   import jax
   import numpy as np
@@ -192,7 +192,14 @@ def evaluate_variables(
   num_batches = -(-num // batch)
   progress = _Progress(
     epath.Path(workdir) / "eval" / f"step_{int(step)}.partial.npz",
-    dict(step=int(step), num=int(num), batch=int(batch), seed=int(seed), keep_features=keep),
+    dict(
+      step=int(step),
+      num=int(num),
+      batch=int(batch),
+      seed=int(seed),
+      keep_features=keep,
+      feature_weights_sha256=getattr(features, "weights_digest", None),
+    ),
   )
   first, stats, feats = progress.load() if resume else (0, None, None)
   stats = stats or metrics.FIDStats.empty()
@@ -247,7 +254,7 @@ def evaluate_variables(
 class _Progress:
   """The running statistics of one evaluation, saved atomically so that it can resume.
 
-  A file made for other settings (num, batch, seed, kid/pr) is ignored, never merged: its batches
+  A file made for other settings (num, batch, seed, kid/pr, feature weights) is ignored, never merged: its batches
   would not be the ones this run draws.
   """
 
