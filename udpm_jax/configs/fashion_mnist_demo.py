@@ -4,6 +4,9 @@ Command: python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdi
 Data: the idx files of Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist;
 the README command installs it); with internet access `--config.data.source=tfds` uses TFDS.
 Ends with samples.png (EMA samples, one row per level) in the workdir.
+Hardware and expected result: 2 CPU cores, ~15 min (1200 steps, ~2.5 min of it compilation);
+FID-10k 239.8 at step 1200 (vs the first 10,000 training images; README "CPU demo" has the
+command, 57 min on the same cores). Inception runs at ~6 images/s there: evaluate with --batch=50.
 """
 
 from udpm_jax.configs import default
