@@ -50,7 +50,7 @@ def test_features_match_pytorch_fid_network(setup):
   _, _, x299, feats = setup
   net = torch.jit.load(str(script), map_location="cpu").eval()
   with torch.no_grad():
-    ref = net(torch.from_numpy(np.asarray(x299)).permute(0, 3, 1, 2)).numpy().reshape(2, -1)
+    ref = net(torch.from_numpy(np.array(x299)).permute(0, 3, 1, 2)).numpy().reshape(2, -1)
   assert np.abs(feats - ref).max() / np.abs(ref).max() < 1e-3
 
 
@@ -58,7 +58,7 @@ def test_resize_matches_torch_bilinear_and_gray_input(setup):
   torch = pytest.importorskip("torch")
   _, images, x299, _ = setup
   ref = torch.nn.functional.interpolate(
-    torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2),
+    torch.from_numpy(np.array(images)).permute(0, 3, 1, 2),
     size=(299, 299),
     mode="bilinear",
     align_corners=False,
