@@ -121,6 +121,35 @@ def test_kid_and_precision_recall_use_cached_reference_features(workdir):
   assert featurized == [8, 8] and again == first
 
 
+def test_reference_size_is_checked_against_the_split_and_foreign_stats_are_kept(tmp_path):
+  config = udpm_jax.configs.get_config("test")  # synthetic training split of 256 images
+  size = len(data.make_source(config, split="train"))
+  path = tmp_path / "ref.npz"
+  featurized = []
+
+  def counting(images):
+    featurized.append(len(images))
+    return pooled_pixel_features(images)
+
+  evaluate.reference_statistics(config, counting, batch=64, path=path, limit=16)
+  # "All images" is not satisfied by a cache of 16: recomputed over the whole split.
+  whole = evaluate.reference_statistics(config, counting, batch=64, path=path, limit=None)
+  assert int(whole.count) == size and sum(featurized) == 16 + size
+  # A limit beyond the split is the whole split: the cache serves, nothing is featurized again.
+  featurized.clear()
+  again = evaluate.reference_statistics(config, counting, batch=64, path=path, limit=10 * size)
+  assert featurized == [] and int(again.count) == size
+
+  # Statistics made elsewhere (pytorch-fid's mu/sigma, no provenance) are used as given and never
+  # overwritten, whatever the limit.
+  foreign = tmp_path / "pytorch_fid.npz"
+  np.savez(foreign, mu=np.zeros(3), sigma=np.eye(3))
+  before = foreign.read_bytes()
+  stats = evaluate.reference_statistics(config, counting, batch=64, path=foreign, limit=16)
+  np.testing.assert_allclose(stats.cov, np.eye(3), atol=1e-12)
+  assert featurized == [] and foreign.read_bytes() == before
+
+
 def test_missing_checkpoint_step_is_a_clear_error(workdir):
   with pytest.raises(
     checkpoint.CheckpointError, match=r"No checkpoint for step 7 .*available: \[5\]"

@@ -78,7 +78,10 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
   digest = getattr(features, "weights_digest", None)
   if path is not None and epath.Path(path).exists():
     cached, provenance = metrics.load_reference_stats(path)
-    reason = _stale(provenance, int(cached.count), limit, digest)
+    if not provenance:
+      # Made elsewhere (e.g. pytorch-fid's mu/sigma): used as given, never recomputed over.
+      return cached
+    reason = _stale(provenance, int(cached.count), _reference_count(config, limit), digest)
     if reason is None:
       return cached
     logging.info("Reference stats at %s %s: recomputing.", path, reason)
@@ -107,6 +110,19 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
       feature_weights_sha256=digest,
     )
   return stats
+
+
+def _reference_count(config, limit):
+  """How many training images a reference of `limit` (None = all) holds: the split may be smaller.
+  None when the split cannot be opened here (then a cached reference is trusted)."""
+  from udpm_jax import data
+
+  try:
+    size = len(data.make_source(config, split="train"))
+  except Exception as e:  # any unreadable source means "cannot check"
+    logging.warning("Cannot open the training split to check the reference size: %s", e)
+    return limit
+  return size if limit is None else min(limit, size)
 
 
 def _stale(provenance, count, want_count, digest):
@@ -320,7 +336,7 @@ def reference_features(config, features, batch, num, path=None):
   if path is not None and epath.Path(path).exists():
     with epath.Path(path).open("rb") as fh, np.load(fh, allow_pickle=False) as f:
       cached, provenance = f["features"], json.loads(str(f["provenance"]))
-    reason = _stale(provenance, len(cached), num, digest)
+    reason = _stale(provenance, len(cached), _reference_count(config, num), digest)
     if reason is None:
       return cached
     logging.info("Reference features at %s %s: recomputing.", path, reason)
