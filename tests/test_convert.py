@@ -106,6 +106,75 @@ def _torch_like_zip(obj_pickle: bytes, storages: dict) -> bytes:
   return buf.getvalue()
 
 
+LEGACY = REPO / "tests" / "data" / "legacy_state_dict.pt"
+
+
+def test_legacy_torch_save_files_are_read(tmp_path):
+  """torch.save's pre-1.6 stream (pytorch-fid's Inception weights are one): pickles, then each
+  storage as an int64 count and raw bytes. The stored file was written by torch 2.13 with
+  _use_new_zipfile_serialization=False: w = arange(6)/4 as 2×3, t = w.T (same storage), i, h."""
+  flat = torch_pickle.load_state_dict(LEGACY)
+  w = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
+  np.testing.assert_array_equal(flat["w"], w)
+  np.testing.assert_array_equal(flat["t"], w.T)
+  np.testing.assert_array_equal(flat["i"], [3, -1, 7])
+  assert flat["i"].dtype == np.int64 and flat["h"].dtype == np.float16
+  np.testing.assert_array_equal(flat["h"], [0.5, -2.0])
+
+  data = LEGACY.read_bytes()
+  (tmp_path / "short.pt").write_bytes(data[:-3])
+  with pytest.raises(ValueError, match="truncated"):
+    torch_pickle.load_state_dict(tmp_path / "short.pt")
+
+  torch = pytest.importorskip("torch")
+
+  class Evil:
+    def __reduce__(self):
+      import os
+
+      return (os.system, ("echo pwned",))
+
+  with pytest.raises(torch_pickle.UnsafeCheckpointError, match="posix.system|os.system"):
+    torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    torch_pickle.load_pickle_tree(tmp_path / "evil.pt")
+  # Both layouts of one state_dict read the same, parameters (BatchNorm scales) included.
+  base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+  sd = {
+    "w": base,
+    "view": base.t()[1:3],
+    "b": torch.zeros(2, dtype=torch.bfloat16) + 1.5,
+    "scalar": torch.tensor(2.5),
+    "bn.weight": torch.nn.Parameter(torch.ones(2)),
+  }
+  torch.save(sd, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+  torch.save(sd, tmp_path / "zip.pt")
+  legacy = torch_pickle.load_state_dict(tmp_path / "legacy.pt")
+  current = torch_pickle.load_state_dict(tmp_path / "zip.pt")
+  for k, v in sd.items():
+    expected = v.detach().float().numpy()
+    np.testing.assert_array_equal(legacy[k].astype(np.float32), expected)
+    np.testing.assert_array_equal(current[k].astype(np.float32), expected)
+
+
+def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
+  """A crafted size must give an error, not a read of foreign memory (as_strided trusts it)."""
+  torch = pytest.importorskip("torch")
+  torch.save({"w": torch.arange(200, dtype=torch.float32)}, tmp_path / "ok.pt")
+  with zipfile.ZipFile(tmp_path / "ok.pt") as z:
+    entries = {n: z.read(n) for n in z.namelist()}
+  name = next(n for n in entries if n.endswith("data.pkl"))
+  size_200 = b"K\xc8\x85"  # BININT1 200, TUPLE1: the tensor's size (200,)
+  assert entries[name].count(size_200) == 1
+  entries[name] = entries[name].replace(
+    size_200, b"J" + (50_000_000).to_bytes(4, "little") + b"\x85"
+  )
+  with zipfile.ZipFile(tmp_path / "evil.pt", "w") as z:
+    for n, raw in entries.items():
+      z.writestr(n, raw)
+  with pytest.raises(ValueError, match=r"size \(50000000,\).*storage holding 200"):
+    torch_pickle.load_state_dict(tmp_path / "evil.pt")
+
+
 def test_pt_reader_refuses_code_and_reads_torch_files(tmp_path):
   class Evil:
     def __reduce__(self):
@@ -117,10 +186,10 @@ def test_pt_reader_refuses_code_and_reads_torch_files(tmp_path):
   bad.write_bytes(_torch_like_zip(pickle.dumps({"x": Evil()}), {}))
   with pytest.raises(torch_pickle.UnsafeCheckpointError, match="posix.system|os.system"):
     torch_pickle.load_pickle_tree(bad)
-  not_zip = tmp_path / "legacy.pt"
-  not_zip.write_bytes(pickle.dumps({"a": 1}))
-  with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
-    torch_pickle.load_state_dict(not_zip)
+  not_torch = tmp_path / "plain.pt"
+  not_torch.write_bytes(pickle.dumps({"a": 1}))
+  with pytest.raises(ValueError, match="not a PyTorch checkpoint.*wrong magic number"):
+    torch_pickle.load_state_dict(not_torch)
   torch = pytest.importorskip("torch")
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   sd = {

@@ -17,6 +17,8 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
+import zlib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +142,13 @@ def read_npz(path) -> dict:
   """All arrays of an .npz weight file, never unpickling objects."""
   import numpy as np
 
-  with np.load(str(path), allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
+  try:
+    with np.load(str(path), allow_pickle=False) as f:
+      if not hasattr(f, "files"):
+        raise ValueError("it is a single .npy array, not an .npz archive of named arrays")
+      return {k: f[k] for k in f.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(f"Cannot read {path} as an .npz of weights ({e}); is it complete?") from e
 
 
 def read_numpy_pickle(path) -> dict:

@@ -31,17 +31,24 @@ def load_params(path=None) -> dict:
     flat = assets.read_npz(path)
   else:
     flat = torch_pickle.load_state_dict(path)
-  flat = {
-    k: np.asarray(v, np.float32)
-    for k, v in flat.items()
-    if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
-  }
   missing = [k for k in _required_keys() if k not in flat]
   if missing:
     raise ValueError(
-      f"{path} is not the FID Inception: missing {missing[:4]} ({len(missing)} weights)."
+      f"{path} is not the FID Inception weights: it lacks {missing[:4]} "
+      f"(it holds {sorted(flat)[:4]}…); pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+      "or an .npz of the same names."
     )
-  return {k: jnp.asarray(v) for k, v in flat.items()}
+  params = {}
+  for k, v in flat.items():
+    if k.startswith("fc.") or k.endswith("num_batches_tracked"):
+      continue
+    v = np.asarray(v, np.float32)
+    # The TF graph's BatchNorm has no scale; pytorch-fid stores it as ones, the .npz omits it.
+    # Dropping the ones makes both forms the same params (and the same weights_digest).
+    if k.endswith(".bn.weight") and np.all(v == 1.0):
+      continue
+    params[k] = jnp.asarray(v)
+  return params
 
 
 def weights_digest(params: dict) -> str:
