@@ -1,12 +1,17 @@
 """The evaluation protocol of `evaluate`: samples, uint8 round trip, reference statistics, JSON."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 import udpm_jax
+from tests.conftest import REPO
 from tests.toy_models import pooled_pixel_features
 from udpm_jax import checkpoint, data, evaluate, image_io, metrics, sampling
 from udpm_jax import train_step as ts
@@ -45,6 +50,7 @@ def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
     workdir, None, 12, batch=8, seed=3, features=pooled_pixel_features
   )
   assert result["step"] == 5 and result["num_samples"] == 12 and result["reference_count"] == 24
+  assert result["seed"] == 3
   assert json.loads((workdir / "eval" / "step_5.json").read_text()) == result
   ref, provenance = metrics.load_reference_stats(workdir / "eval" / "reference_stats.npz")
   assert int(ref.count) == 24 and provenance["split"] == "train"
@@ -220,3 +226,120 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(workdir):
   interrupt()
   other = run(seed=8)
   assert len(calls) == 5 and other["fid"] != full["fid"]
+
+
+def _features_with_digest(digest):
+  def features(images):
+    return pooled_pixel_features(images)
+
+  features.weights_digest = digest
+  return features
+
+
+def test_a_reference_file_of_yours_is_checked_used_as_given_and_never_rewritten(tmp_path):
+  config = udpm_jax.configs.get_config("test")
+  mine = tmp_path / "shared_reference.npz"
+  full = evaluate.reference_statistics(config, _features_with_digest("a"), 64, mine, limit=None)
+  before = mine.read_bytes()
+  # Another image count than the run asks for: used as given (it is the user's choice) ...
+  used = evaluate.reference_statistics(
+    config, _features_with_digest("a"), 64, mine, limit=16, given=True
+  )
+  assert int(used.count) == int(full.count) == 256 and mine.read_bytes() == before
+  # ... but another feature network or dataset would give wrong numbers: refused, file kept.
+  with pytest.raises(ValueError, match=r"feature weights a.*not b.*--reference_stats"):
+    evaluate.reference_statistics(config, _features_with_digest("b"), 64, mine, 16, given=True)
+  other = udpm_jax.configs.get_config("test")
+  other.data.name = "another_dataset"
+  with pytest.raises(ValueError, match="dataset 'synthetic', not 'another_dataset'"):
+    evaluate.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
+  other.data.name, other.data.image_size = config.data.name, 2 * config.data.image_size
+  with pytest.raises(ValueError, match=r"describe \d+² images"):
+    evaluate.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
+  assert mine.read_bytes() == before
+  # The workdir's own cache of another dataset is recomputed instead.
+  other = udpm_jax.configs.get_config("test")
+  other.data.name = "another_dataset"
+  other.data.source = config.data.source
+  cache = tmp_path / "cache.npz"
+  shutil.copy(mine, cache)
+  evaluate.reference_statistics(other, _features_with_digest("a"), 64, cache, limit=None)
+  assert metrics.load_reference_stats(cache)[1]["dataset"] == "another_dataset"
+
+
+def test_pytorch_fid_statistics_report_no_image_count(workdir, tmp_path):
+  """mu/sigma files carry no count (the statistics hold a nominal one): the JSON says null."""
+  feats = pooled_pixel_features(
+    data.load_arrays(checkpoint.restore_params(workdir)[0], split="train", limit=32)[0]
+  )
+  ref = metrics.FIDStats.from_model_output(feats)
+  path = tmp_path / "pytorch_fid_stats.npz"
+  np.savez(path, mu=ref.mean, sigma=ref.cov)
+  result = evaluate.evaluate_step(
+    workdir, 5, 8, batch=8, features=pooled_pixel_features, reference_stats=str(path), resume=False
+  )
+  assert result["reference_count"] is None and result["reference_stats"] == str(path)
+  (workdir / "eval" / "step_5.json").unlink()
+
+
+def test_a_new_evaluation_of_a_step_keeps_the_earlier_one_of_other_settings(workdir):
+  """E.g. in-training FID of a few samples, then the final FID of many: both results stay."""
+  out = workdir / "eval" / "step_5.json"
+  kwargs = dict(batch=8, features=pooled_pixel_features, resume=False)
+  small = evaluate.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
+  again = evaluate.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
+  assert again == small and not (workdir / "eval" / "step_5.num8.seed1.json").exists()
+  larger = evaluate.evaluate_step(workdir, 5, 16, seed=1, **kwargs)
+  assert json.loads(out.read_text()) == larger
+  assert json.loads((workdir / "eval" / "step_5.num8.seed1.json").read_text()) == small
+  out.unlink()
+  (workdir / "eval" / "step_5.num8.seed1.json").unlink()
+
+
+def _evaluate_cli(workdir, *args):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+  return subprocess.run(
+    [sys.executable, "-m", "udpm_jax.evaluate", f"--workdir={workdir}", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+def test_cli_skips_only_the_same_evaluation_uses_the_runs_weights_and_refuses_a_wrong_workdir(
+  workdir, tmp_path
+):
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval"))
+  (run / "eval").mkdir()
+  done = {"step": 5, "num_samples": 12, "seed": 0, "fid": 1.0}
+  (run / "eval" / "step_5.json").write_text(json.dumps(done))
+  same = _evaluate_cli(run, "--num=12")  # the latest step, already evaluated so
+  assert same.returncode == 0, same.stderr[-2000:]
+  assert "step 5 already evaluated" in same.stderr
+
+  # Another --num is evaluated anew; with the run's config naming local Inception weights
+  # (offline clusters), those are what it loads — here a missing file, named in the error.
+  metadata = run / "checkpoints" / "5" / "config" / "metadata"
+  saved = json.loads(metadata.read_text())
+  saved["eval"]["inception_weights"] = str(tmp_path / "local_inception.npz")
+  metadata.write_text(json.dumps(saved))
+  other = _evaluate_cli(run, "--num=50")
+  assert other.returncode != 0 and "local_inception.npz" in other.stderr
+  assert "already evaluated" not in other.stderr
+
+  typo = tmp_path / "typo"
+  bad = _evaluate_cli(typo, "--all")
+  assert bad.returncode != 0 and "No checkpoint found" in bad.stderr
+  assert not typo.exists()  # nothing written under a mistyped path
+
+
+def test_an_unreadable_reference_features_cache_is_recomputed(tmp_path):
+  config = udpm_jax.configs.get_config("test")
+  path = tmp_path / "reference_features.npz"
+  path.write_bytes(b"PK\x03\x04 a copy cut short")
+  feats = evaluate.reference_features(config, pooled_pixel_features, 64, 16, path)
+  expected = pooled_pixel_features(data.load_arrays(config, split="train", limit=16)[0])
+  np.testing.assert_allclose(feats, expected, rtol=1e-6)
+  np.testing.assert_array_equal(np.load(path)["features"], feats)

@@ -95,6 +95,42 @@ def test_precision_recall_identical_and_disjoint():
   assert p == pytest.approx(0.5, abs=0.05) and r > 0.5
 
 
+def test_precision_recall_in_row_blocks_equals_the_dense_definition(monkeypatch):
+  """k-NN radii and ball membership from the full distance matrix (scipy), vs the blockwise
+  computation that never holds that matrix (blocks of 7 rows here, so sets span many blocks)."""
+  from scipy.spatial.distance import cdist
+
+  real = _gauss(60, 5, 1).astype(np.float32)
+  fake = _gauss(45, 5, 2, shift=0.4).astype(np.float32)
+  k = 3
+
+  def dense_coverage(query, ref):
+    radii = np.sort(cdist(ref, ref), axis=1)[:, k]
+    return float((cdist(query, ref) <= radii[None] + 1e-9).any(axis=1).mean())
+
+  expected = (dense_coverage(fake, real), dense_coverage(real, fake))
+  assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # informative, not the trivial 0 or 1
+  monkeypatch.setattr(metrics, "_ROWS", 7)
+  assert metrics.precision_recall(real, fake, k=k) == pytest.approx(expected)
+
+
+def test_stacked_statistics_reduce_to_their_merge():
+  """clu's protocol for metrics gathered across devices: a leading axis, merged by `reduce`."""
+  import jax
+
+  a, b = _gauss(9, 4, 1), _gauss(9, 4, 2)
+  parts = [metrics.FIDStats.from_model_output(x) for x in (a, b)]
+  stacked = jax.tree.map(lambda *v: np.stack(v), *parts)
+  reduced = stacked.reduce()
+  merged = parts[0].merge(parts[1])
+  assert int(reduced.count) == 18
+  np.testing.assert_allclose(reduced.outer, merged.outer, rtol=1e-12)
+  np.testing.assert_allclose(reduced.compute()[1], np.cov(np.concatenate([a, b]), rowvar=False))
+  feats = [metrics.FeatureSet.from_model_output(x) for x in (a, b)]
+  stacked = jax.tree.map(lambda *v: np.stack(v), *feats)
+  np.testing.assert_allclose(stacked.reduce().compute(), np.concatenate([a, b]), rtol=1e-6)
+
+
 def test_reference_stats_round_trip_and_errors(tmp_path):
   stats = metrics.FIDStats.from_model_output(_gauss(50, 4, 5))
   metrics.save_reference_stats(tmp_path / "ref.npz", stats, dataset="toy", split="train")
@@ -107,3 +143,9 @@ def test_reference_stats_round_trip_and_errors(tmp_path):
   np.savez(tmp_path / "bad.npz", foo=np.zeros(2))
   with pytest.raises(ValueError, match="Cannot read reference statistics.*foo"):
     metrics.load_reference_stats(tmp_path / "bad.npz")
+  # Truncated and empty files (an interrupted copy) are named, not an EOFError/BadZipFile.
+  whole = (tmp_path / "ref.npz").read_bytes()
+  for name, content in (("cut.npz", whole[: len(whole) // 2]), ("empty.npz", b"")):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"Cannot read reference statistics .*{name}"):
+      metrics.load_reference_stats(tmp_path / name)

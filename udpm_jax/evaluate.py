@@ -3,10 +3,12 @@
   python -m udpm_jax.evaluate --workdir=DIR --num=50000 [--step=S | --all] [--kid] [--pr]
 
 Samples follow the FID protocol of EDM: class-balanced labels, a uint8 round trip (as if saved to
-PNG), Inception pool3 features. Reference statistics come from --reference_stats, or are computed
-once from the training set of the run's config and cached in the workdir with their provenance.
-Results go to <workdir>/eval/step_<S>.json and TensorBoard; steps already evaluated are skipped,
-and an interrupted step resumes from its saved partial statistics (eval/step_<S>.partial.npz).
+PNG), Inception pool3 features. Reference statistics come from --reference_stats (a file
+of yours: checked against the run's dataset and feature network, used as given, never rewritten),
+or are computed once from the training set of the run's config and cached in the workdir with
+their provenance. Results go to <workdir>/eval/step_<S>.json and TensorBoard; steps already
+evaluated with the same --num and --seed are skipped, and an interrupted step resumes from its
+saved partial statistics (eval/step_<S>.partial.npz).
 """
 
 from __future__ import annotations
@@ -68,8 +70,21 @@ def inception_feature_fn(inception_params):
   return features
 
 
-def reference_statistics(config, features, batch=250, path=None, limit=None):
-  """FIDStats of the config's training set (cached at `path` with provenance when given)."""
+def reference_statistics(config, features, batch=250, path=None, limit=None, given=False):
+  """FIDStats of the config's training set, cached at `path` with provenance when given.
+
+  A cache that no longer fits (other image count, dataset, image size or feature weights) is
+  recomputed and rewritten. With `given` the file at `path` is the user's: it is used as given
+  whatever its image count, refused if it describes another dataset or feature network, and
+  never rewritten; only a missing one is computed (and written there).
+  """
+  return _reference(config, features, batch, path, limit, given)[0]
+
+
+def _reference(config, features, batch, path, limit, given):
+  """(FIDStats, how many images they hold — None for mu/sigma files made elsewhere, whose count
+  is nominal) for `reference_statistics`."""
+  import jax
   import numpy as np
   from etils import epath
 
@@ -80,10 +95,16 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
     cached, provenance = metrics.load_reference_stats(path)
     if not provenance:
       # Made elsewhere (e.g. pytorch-fid's mu/sigma): used as given, never recomputed over.
-      return cached
-    reason = _stale(provenance, int(cached.count), _reference_count(config, limit), digest)
+      return cached, None
+    want = None if given else _reference_count(config, limit)
+    reason = _stale(provenance, int(cached.count), want, digest, config)
     if reason is None:
-      return cached
+      return cached, int(cached.count)
+    if given:
+      raise ValueError(
+        f"The reference statistics {path} {reason}, so they cannot serve this run; pass "
+        "statistics made for it, or leave --reference_stats unset to compute them in the workdir."
+      )
     logging.info("Reference stats at %s %s: recomputing.", path, reason)
   images, _ = data.load_arrays(config, split="train", limit=limit)
   stats = metrics.FIDStats.empty()
@@ -98,7 +119,7 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
       len(images),
       int(stats.count) / (time.time() - start),
     )
-  if path is not None:
+  if path is not None and jax.process_index() == 0:  # one writer on a shared filesystem
     metrics.save_reference_stats(
       path,
       stats,
@@ -109,7 +130,7 @@ def reference_statistics(config, features, batch=250, path=None, limit=None):
       resize="bilinear to 299 (pytorch-fid)",
       feature_weights_sha256=digest,
     )
-  return stats
+  return stats, int(stats.count)
 
 
 def _reference_count(config, limit):
@@ -125,13 +146,19 @@ def _reference_count(config, limit):
   return size if limit is None else min(limit, size)
 
 
-def _stale(provenance, count, want_count, digest):
+def _stale(provenance, count, want_count, digest, config):
   """Why a cached reference (stats or features) cannot serve, or None when it can.
 
-  A cache made with another image count or by another feature network is recomputed; one that does
-  not say which network made it (or features that do not say) is trusted.
+  A cache made of another dataset or image size, with another image count (unless `want_count` is
+  None) or by another feature network cannot serve; a fact the cache (or the features) does not
+  record is not held against it.
   """
   made_by = provenance.get("feature_weights_sha256")
+  dataset, size = provenance.get("dataset"), provenance.get("image_size")
+  if dataset is not None and dataset != config.data.name:
+    return f"describe dataset {dataset!r}, not {config.data.name!r}"
+  if size is not None and int(size) != int(config.data.image_size):
+    return f"describe {size}² images, not {config.data.image_size}²"
   if want_count is not None and count != want_count:
     return f"hold {count} images, not {want_count}"
   if digest and made_by and made_by != digest:
@@ -193,15 +220,11 @@ def evaluate_variables(
     features = inception_feature_fn(
       inception.load_params(inception_weights or config.eval.inception_weights or None)
     )
-  ref_path = (
-    reference_stats
-    or config.eval.reference_stats
-    or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
-  )
+  given = reference_stats or config.eval.reference_stats or None
+  ref_path = given or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
   (epath.Path(workdir) / "eval").mkdir(parents=True, exist_ok=True)
-  ref = reference_statistics(
-    config, features, batch, ref_path, limit=config.eval.get("reference_num", 0) or None
-  )
+  limit = config.eval.get("reference_num", 0) or None
+  ref, ref_count = _reference(config, features, batch, ref_path, limit, bool(given))
   sample = sample_fn or sampling.make_sample_fn(config)
   k = config.data.num_classes
   keep = bool(kid or pr)
@@ -247,9 +270,10 @@ def evaluate_variables(
   result = {
     "step": int(step),
     "num_samples": int(num),
+    "seed": int(seed),
     "fid": metrics.fid(stats, ref),
     "reference_stats": ref_path,
-    "reference_count": int(ref.count),
+    "reference_count": ref_count,
   }
   if kid or pr:
     ref_images = reference_features(
@@ -261,10 +285,28 @@ def evaluate_variables(
       result["precision"], result["recall"] = metrics.precision_recall(ref_images, feats.features)
   if jax.process_index() == 0:
     out = epath.Path(workdir) / "eval" / f"step_{int(step)}.json"
+    earlier = _read_result(out)
+    if earlier is not None and _settings(earlier) != _settings(result):
+      # e.g. the in-training FID-2k before a final FID-50k: kept beside, not overwritten.
+      num_, seed_ = _settings(earlier)
+      out.replace(out.parent / f"step_{int(step)}.num{num_}.seed{seed_}.json")
     out.write_text(json.dumps(result, indent=2))
   if resume:
     progress.clear()
   return result
+
+
+def _read_result(path):
+  """A step's result JSON, or None when there is none (or it is unreadable)."""
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except (OSError, ValueError):
+    return None
+
+
+def _settings(result):
+  """What makes two results of one step comparable: the sample count and the sampling seed."""
+  return result.get("num_samples"), result.get("seed")
 
 
 class _Progress:
@@ -328,15 +370,14 @@ def reference_features(config, features, batch, num, path=None):
   as float32 with provenance, so that evaluating many steps computes them once)."""
   import jax
   import numpy as np
-  from etils import epath
 
   from udpm_jax import data, metrics
 
   digest = getattr(features, "weights_digest", None)
-  if path is not None and epath.Path(path).exists():
-    with epath.Path(path).open("rb") as fh, np.load(fh, allow_pickle=False) as f:
-      cached, provenance = f["features"], json.loads(str(f["provenance"]))
-    reason = _stale(provenance, len(cached), _reference_count(config, num), digest)
+  cache = _read_features_cache(path) if path is not None else None
+  if cache is not None:
+    cached, provenance = cache
+    reason = _stale(provenance, len(cached), _reference_count(config, num), digest, config)
     if reason is None:
       return cached
     logging.info("Reference features at %s %s: recomputing.", path, reason)
@@ -345,9 +386,30 @@ def reference_features(config, features, batch, num, path=None):
     [np.asarray(features(images[i : i + batch]), np.float32) for i in range(0, len(images), batch)]
   )
   if path is not None and jax.process_index() == 0:
-    provenance = dict(dataset=config.data.name, split="train", feature_weights_sha256=digest)
+    provenance = dict(
+      dataset=config.data.name,
+      split="train",
+      image_size=config.data.image_size,
+      feature_weights_sha256=digest,
+    )
     metrics.savez_atomic(path, features=feats, provenance=np.array(json.dumps(provenance)))
   return feats
+
+
+def _read_features_cache(path):
+  """(features, provenance) of our own cache, or None when absent or unreadable (then recomputed:
+  e.g. a copy cut short)."""
+  import numpy as np
+  from etils import epath
+
+  if not epath.Path(path).exists():
+    return None
+  try:
+    with epath.Path(path).open("rb") as fh, np.load(fh, allow_pickle=False) as f:
+      return f["features"], json.loads(str(f["provenance"]))
+  except Exception as e:  # any unreadable file: numpy, zipfile and json each raise their own
+    logging.warning("Ignoring unreadable reference features %s: %s", path, e)
+    return None
 
 
 def main(argv):
@@ -358,16 +420,20 @@ def main(argv):
 
   from udpm_jax import checkpoint, inception
 
-  steps = checkpoint.all_steps(_WORKDIR.value) if _ALL.value else [_STEP.value]
+  # Resolves the steps (and fails on a mistyped workdir) before anything is written there.
+  latest, config = checkpoint.load_config(_WORKDIR.value, None if _ALL.value else _STEP.value)
+  steps = checkpoint.all_steps(_WORKDIR.value) if _ALL.value else [latest]
   features = None
   writer = metric_writers.create_default_writer(str(epath.Path(_WORKDIR.value) / "eval"))
   for step in steps:
-    done = epath.Path(_WORKDIR.value) / "eval" / f"step_{step}.json"
-    if step is not None and done.exists():
-      logging.info("step %d already evaluated: %s", step, done.read_text())
+    done = _read_result(epath.Path(_WORKDIR.value) / "eval" / f"step_{step}.json")
+    if done is not None and _settings(done) == (_NUM.value, _SEED.value):
+      logging.info("step %d already evaluated: %s", step, json.dumps(done))
       continue
     if features is None:
-      features = inception_feature_fn(inception.load_params(_INCEPTION.value))
+      # The run's config may name local weights (offline clusters); the flag overrides it.
+      weights = _INCEPTION.value or config.eval.get("inception_weights") or None
+      features = inception_feature_fn(inception.load_params(weights))
     result = evaluate_step(
       _WORKDIR.value,
       step,

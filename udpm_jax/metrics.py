@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import zipfile
+import zlib
 
 import flax
 import numpy as np
@@ -51,7 +53,14 @@ class FIDStats(clu_metrics.Metric):
     )
 
   def reduce(self) -> "FIDStats":
-    return self
+    """Merges statistics stacked along a leading axis (clu's protocol for gathered metrics)."""
+    if np.ndim(self.count) == 0:
+      return self
+    return type(self)(
+      count=np.sum(self.count, axis=0),
+      total=np.sum(self.total, axis=0),
+      outer=np.sum(self.outer, axis=0),
+    )
 
   @property
   def mean(self) -> np.ndarray:
@@ -89,7 +98,10 @@ class FeatureSet(clu_metrics.Metric):
     return type(self)(features=np.concatenate([self.features, other.features]))
 
   def reduce(self):
-    return self
+    """Concatenates feature sets stacked along a leading axis (clu's gathered-metric protocol)."""
+    if np.ndim(self.features) <= 2:
+      return self
+    return type(self)(features=np.concatenate(list(self.features)))
 
   def compute(self):
     return self.features
@@ -141,25 +153,34 @@ def kid(feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000, seed:
   return float(np.mean(values))
 
 
-def _pairwise_sq(a, b, batch=2048):
-  out = np.empty((len(a), len(b)), np.float32)
-  bb = (b.astype(np.float64) ** 2).sum(1)
-  for i in range(0, len(a), batch):
-    x = a[i : i + batch].astype(np.float64)
-    out[i : i + batch] = np.maximum((x**2).sum(1)[:, None] + bb[None] - 2 * x @ b.T, 0)
-  return out
+# Distances are taken a block of query rows at a time against all reference points, never as the
+# whole N×N matrix: at the paper's 50k samples that matrix alone would be 10 GB (float32).
+_ROWS = 1024
+
+
+def _row_blocks_of_distances(query, ref):
+  """Yields (row slice, Euclidean distances of those query rows to every reference point)."""
+  ref = np.asarray(ref, np.float64)
+  ref_sq = (ref**2).sum(1)
+  for i in range(0, len(query), _ROWS):
+    x = np.asarray(query[i : i + _ROWS], np.float64)
+    d2 = (x**2).sum(1)[:, None] + ref_sq[None] - 2 * x @ ref.T
+    yield slice(i, i + len(x)), np.sqrt(np.maximum(d2, 0))
 
 
 def _radii(feats, k):
-  d = _pairwise_sq(feats, feats)
-  return np.sqrt(np.partition(d, k, axis=1)[:, k])  # index 0 is the point itself
+  """Distance of every point to its k-th nearest neighbour within the set."""
+  radii = np.empty(len(feats))
+  for rows, d in _row_blocks_of_distances(feats, feats):
+    radii[rows] = np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself
+  return radii
 
 
-def _coverage(query, ref, radii, batch=2048):
+def _coverage(query, ref, radii):
+  """Fraction of `query` inside at least one of the balls of `radii` around `ref`."""
   inside = np.zeros(len(query), bool)
-  for i in range(0, len(query), batch):
-    d = np.sqrt(_pairwise_sq(query[i : i + batch], ref))
-    inside[i : i + batch] = (d <= radii[None]).any(axis=1)
+  for rows, d in _row_blocks_of_distances(query, ref):
+    inside[rows] = (d <= radii[None]).any(axis=1)
   return float(inside.mean())
 
 
@@ -220,6 +241,9 @@ def load_reference_stats(path) -> tuple[FIDStats, dict]:
       else:
         raise ValueError(f"has keys {sorted(keys)}; expected count/total/outer or mu/sigma")
       meta = json.loads(str(f["provenance"])) if "provenance" in keys else {}
-  except (OSError, ValueError) as e:
-    raise ValueError(f"Cannot read reference statistics {path}: {e}") from e
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(
+      f"Cannot read reference statistics {path} ({type(e).__name__}: {e}); expected an .npz "
+      "written by udpm_jax.evaluate or pytorch-fid's mu/sigma .npz."
+    ) from e
   return stats, meta
