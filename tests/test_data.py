@@ -172,3 +172,35 @@ def test_tfds_source_with_mock_data():
     src = data.make_source(config)
     idx = data.batch_indices(len(src), 4, 0, 0)
     np.testing.assert_allclose(batch["image"], src.get(idx)[0] / 127.5 - 1, atol=1e-6)
+
+
+def test_labels_outside_num_classes_or_missing_are_refused(tmp_path):
+  """Out-of-range labels one-hot to zeros, which would silently switch conditioning off."""
+  images = np.zeros((20, 16, 16, 3), np.uint8)
+  np.savez(tmp_path / "shifted.npz", x_train=images, y_train=np.arange(20) % 10 + 1)
+  np.savez(tmp_path / "unlabelled.npz", x_train=images)
+
+  def iterator(path, **kw):
+    config = _config(source="npz", path=str(tmp_path / path), image_size=16, **kw)
+    config.discriminator.conditional = config.data.num_classes > 0
+    return data.make_iterator(config, global_batch_size=4, seed=0, process_index=0, process_count=1)
+
+  with pytest.raises(
+    data.DataError, match=r"labels must lie in \[0, data.num_classes=10\); found \[10\]"
+  ):
+    iterator("shifted.npz", num_classes=10)
+  assert next(iterator("shifted.npz", num_classes=11))["label"].max() <= 10
+  with pytest.raises(data.DataError, match="has no labels, but the config is class-conditional"):
+    iterator("unlabelled.npz", num_classes=10)
+  assert next(iterator("unlabelled.npz", num_classes=0))["label"].tolist() == [0, 0, 0, 0]
+
+
+def test_streamed_labels_are_checked_batch_by_batch():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = _config(source="tfds", name="cifar10", image_size=32, num_classes=1)
+  with (
+    tfds.testing.mock_data(num_examples=64),
+    pytest.raises(data.DataError, match="labels must lie"),
+  ):
+    it = data.make_iterator(config, global_batch_size=16, seed=0, process_index=0, process_count=1)
+    next(it)

@@ -232,6 +232,30 @@ BAD = [
   ("data.source", "ftp", "data.source='ftp' is unknown"),
   ("process.scale", 1, "process.scale must be an integer >= 2"),
   ("training.ema_decay", 1.0, "ema_decay=1.0"),
+  ("optim.g_lr", -1e-4, "optim.g_lr=-0.0001; it must be finite and > 0"),
+  ("optim.d_lr", float("nan"), "optim.d_lr=nan; it must be finite"),
+  ("optim.b1", 1.5, "optim.b1=1.5; it must be in \\[0, 1\\)"),
+  ("optim.warmup_steps", -5, "optim.warmup_steps=-5"),
+  ("training.log_every", 0, "training.log_every=0; it must be an integer >= 1"),
+  ("training.num_steps", -3, "training.num_steps=-3"),
+  ("training.keep_checkpoints", 0, "training.keep_checkpoints=0"),
+  ("training.eval_every", -1, "training.eval_every=-1; it must be an integer >= 0"),
+  (
+    "training.steps_per_dispatch",
+    3,
+    "ckpt_every=5000 must be a multiple of .*steps_per_dispatch=3",
+  ),
+  ("training.level_dispatch", "device", "level_dispatch='device'; it must be one of host, switch"),
+  ("loss.d_noise_decay_every", 0, "loss.d_noise_decay_every=0"),
+  ("data.resize", "bogus", "data.resize='bogus'; it must be one of none, pad"),
+  ("model.dropout", 1.0, "model.dropout=1.0; it must be a rate in"),
+  ("eval.batch_size", 0, "eval.batch_size=0"),
+  ("eval.num_samples", 1, "eval.num_samples=1"),
+  (
+    "data.image_size",
+    16,
+    "level-3 latent is 2×2, which the U-Net of 3 resolutions .* e.g. \\[32, 64",
+  ),
 ]
 
 

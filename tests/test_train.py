@@ -153,32 +153,41 @@ def test_bad_inputs_leave_the_workdir_intact(reference_run, tmp_path):
   workdir = tmp_path / "copy"
   shutil.copytree(reference_run, workdir)
   before = _tree_bytes(workdir)
-  # A different network in the same workdir: refused, nothing written.
-  out = subprocess.run(
-    _cli(workdir, "--config.model.model_channels=8", "--config.training.num_steps=10"),
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=900,
+
+  def train(*overrides, at=workdir):
+    return subprocess.run(
+      _cli(at, *overrides), env=_env(), capture_output=True, text=True, timeout=900
+    )
+
+  # Another network, process or seed in the same workdir: refused naming each change.
+  out = train(
+    "--config.model.model_channels=8",
+    "--config.process.alphas=(0.9, 0.9, 0.9)",
+    "--config.seed=7",
+    "--config.training.num_steps=10",
   )
-  assert out.returncode != 0 and "does not match this model/config" in out.stderr
+  assert out.returncode != 0 and "was started with another config" in out.stderr
+  assert "model.model_channels: checkpoint 16, now 8" in out.stderr
+  assert "process.alphas: checkpoint (0.5, 0.2, 0.001), now (0.9, 0.9, 0.9)" in out.stderr
+  assert (
+    "seed: checkpoint 0, now 7" in out.stderr
+    and "num_steps" not in out.stderr.split("Only these")[0]
+  )
+  assert _tree_bytes(workdir) == before
+  # A global batch of another size (and so another data order): refused.
+  out = train("--config.training.batch_size=16", "--config.training.num_steps=10")
+  assert out.returncode != 0 and "global batch size: checkpoint 8, now 16" in out.stderr
+  # Resuming below the checkpoint's step is an error; at it, nothing to do and nothing written.
+  out = train("--config.training.num_steps=4")
+  assert out.returncode != 0 and "step 8, beyond training.num_steps=4" in out.stderr
+  out = train()
+  assert out.returncode == 0 and "complete at step 8: nothing to do" in out.stderr
   assert _tree_bytes(workdir) == before
   # A missing data path: refused before anything is written.
-  out = subprocess.run(
-    _cli(
-      workdir,
-      "--config.data.source=folder",
-      "--config.data.path=/nonexistent/images",
-      "--config.training.num_steps=10",
-    ),
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode != 0 and "/nonexistent/images" in out.stderr
-  assert _tree_bytes(workdir) == before
-  # A corrupt checkpoint: a clear error, the files untouched.
+  fresh = tmp_path / "fresh"
+  out = train("--config.data.source=folder", "--config.data.path=/nonexistent/images", at=fresh)
+  assert out.returncode != 0 and "/nonexistent/images" in out.stderr and not fresh.exists()
+  # A corrupt checkpoint: a clear error (for notebooks and for resuming), the files untouched.
   victim = max(
     (p for p in before if "/8/state/" in p and os.path.getsize(p) > 1000), key=os.path.getsize
   )
@@ -187,6 +196,9 @@ def test_bad_inputs_leave_the_workdir_intact(reference_run, tmp_path):
   damaged = _tree_bytes(workdir)
   with pytest.raises(checkpoint.CheckpointError):
     checkpoint.restore_params(workdir)
+  out = train("--config.training.num_steps=10")
+  assert out.returncode != 0 and "CheckpointError: Checkpoint step 8" in out.stderr
+  assert "the steps there are [" in out.stderr
   assert _tree_bytes(workdir) == damaged
 
 

@@ -75,13 +75,76 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state, step: int | No
     restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+  except Exception as e:  # Orbax reports unreadable array data (TensorStore) as plain Exception
+    detail = str(e).splitlines()[0] if str(e) else ""
     raise CheckpointError(
       f"Checkpoint step {step} in {manager.directory} does not match this model/config "
-      f"(or is corrupt): {type(e).__name__}: {e}. Use a fresh --workdir or the config the run "
-      "was started with (saved beside each checkpoint as config/)."
+      f"(or is corrupt): {type(e).__name__}: {detail[:500]}. Use a fresh --workdir or the "
+      "config the run was started with (saved beside each checkpoint as config/); the steps "
+      f"there are {list(manager.all_steps())} (move a corrupt one aside to resume from an "
+      "earlier one)."
     ) from e
   return step, restored.state
+
+
+# What may differ between the config a run was started with and the one that resumes it: how long
+# it runs, how often it logs, saves, samples and evaluates, how steps are dispatched, and where
+# files are read from. Everything else defines the model, the process, the data or the
+# optimisation, and a change would silently mix two runs in one workdir.
+RESUME_MAY_CHANGE = (
+  "training.num_steps",
+  "training.log_every",
+  "training.ckpt_every",
+  "training.keep_checkpoints",
+  "training.sample_every",
+  "training.eval_every",
+  "training.steps_per_dispatch",
+  "training.level_dispatch",
+  "data.path",
+  "loss.lpips_weights",
+  "eval.",
+)
+
+
+def check_resumable(workdir, config, global_batch_size: int) -> None:
+  """Raises CheckpointError naming every setting that differs from the config the run was started
+  with (except `RESUME_MAY_CHANGE`), including the effective global batch size."""
+  step, saved = load_config(workdir)
+  changes = _config_changes(saved.to_dict(), config.to_dict())
+  saved_batch = int(saved.training.get("batch_size", 0))
+  if saved_batch and saved_batch != global_batch_size:
+    changes.append(
+      f"global batch size: checkpoint {saved_batch}, now {global_batch_size} "
+      "(training.batch_size, or per_device_batch_size × device count)"
+    )
+  if changes:
+    raise CheckpointError(
+      f"The run in {checkpoint_dir(workdir)} (latest step {step}) was started with another "
+      f"config: {'; '.join(changes)}. Resume with the config saved beside the checkpoint "
+      f"({checkpoint_dir(workdir) / str(step) / 'config'}), or start a fresh --workdir. "
+      f"Only these may change when resuming: {', '.join(RESUME_MAY_CHANGE)}."
+    )
+
+
+def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  changes = []
+  for key in sorted(saved.keys() & current.keys()):  # fields added or dropped by upgrades pass
+    name = prefix + key
+    a, b = saved[key], current[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += _config_changes(a, b, name + ".")
+    elif name in ("training.batch_size", "training.per_device_batch_size"):
+      continue  # compared as the effective global batch size
+    elif any(name == k or (k.endswith(".") and name.startswith(k)) for k in RESUME_MAY_CHANGE):
+      continue
+    elif _comparable(a) != _comparable(b):
+      changes.append(f"{name}: checkpoint {a!r}, now {b!r}")
+  return changes
+
+
+def _comparable(value):
+  # JSON stores tuples as lists; a config may hold either.
+  return tuple(_comparable(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _as_restore_target(x):

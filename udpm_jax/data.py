@@ -41,6 +41,7 @@ class ArraySource:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None, origin: str):
     images = np.asarray(images)
+    self.has_labels = labels is not None
     if images.ndim == 3:
       images = images[..., None]
     if images.ndim != 4:
@@ -79,7 +80,9 @@ class FileSource:
   """Image files decoded on demand (a folder, or members of a zip archive)."""
 
   def __init__(self, names, labels, read_bytes, origin):
-    self.names, self.labels, self._read, self.origin = names, labels, read_bytes, origin
+    self.names, self._read, self.origin = names, read_bytes, origin
+    self.has_labels = labels is not None
+    self.labels = np.zeros(len(names), np.int32) if labels is None else labels
 
   def __len__(self):
     return len(self.names)
@@ -180,7 +183,7 @@ def _labels_from_json(path: pathlib.Path, names, origin):
 
 def _labels_from_meta(meta, names, origin):
   if not meta or not meta.get("labels"):
-    return np.zeros(len(names), np.int32)
+    return None
   table = {n.replace("\\", "/"): int(lbl) for n, lbl in meta["labels"]}
   missing = [n for n in names if n not in table]
   if missing:
@@ -313,7 +316,7 @@ def preprocess(images: np.ndarray, config, origin: str = "data") -> np.ndarray:
   d = config.data
   if isinstance(images, list):
     return np.concatenate([preprocess(im[None], config, origin) for im in images])
-  images = _match_channels(images, d.channels, origin)
+  images = match_channels(images, d.channels, origin)
   n = d.image_size
   h, w = images.shape[1:3]
   if (h, w) != (n, n):
@@ -333,7 +336,7 @@ def preprocess(images: np.ndarray, config, origin: str = "data") -> np.ndarray:
   return images.astype(np.float32) / 127.5 - 1.0
 
 
-def _match_channels(images, channels, origin):
+def match_channels(images, channels, origin):
   c = images.shape[-1]
   if c == channels:
     return images
@@ -413,6 +416,14 @@ def make_iterator(
   source = make_source(config)
   if len(source) == 0:
     raise DataError(f"{source.origin} is empty.")
+  if config.data.num_classes and not getattr(source, "has_labels", True):
+    raise DataError(
+      f"{source.origin} has no labels, but the config is class-conditional "
+      f"(data.num_classes={config.data.num_classes}): add labels (dataset.json, y_<split>), or "
+      "set data.num_classes=0 and discriminator.conditional=False."
+    )
+  if hasattr(source, "labels"):  # in memory: every label is checked before training starts
+    check_labels(source.labels, config, source.origin)
   logging.info(
     "Data: %s, %d examples, global batch %d (%d per host).",
     source.origin,
@@ -425,6 +436,7 @@ def make_iterator(
     while True:
       idx = batch_indices(len(source), global_batch_size, seed, step)[rows]
       images, labels = source.get(idx)
+      check_labels(labels, config, source.origin)  # streamed sources (TFDS)
       x = preprocess(images, config, source.origin)
       if config.data.random_flip:
         flip = flips(global_batch_size, seed, step)[rows]
@@ -433,6 +445,19 @@ def make_iterator(
       step += 1
 
   return batches(start_step)
+
+
+def check_labels(labels, config, origin) -> None:
+  """Out-of-range labels would one-hot to zeros and silently switch class conditioning off."""
+  k = config.data.num_classes
+  labels = np.asarray(labels)
+  if k and labels.size and (labels.min() < 0 or labels.max() >= k):
+    bad = np.unique(labels[(labels < 0) | (labels >= k)])
+    raise DataError(
+      f"{origin}: labels must lie in [0, data.num_classes={k}); found {bad[:5].tolist()} "
+      f"(labels span [{labels.min()}, {labels.max()}]). Set data.num_classes to the dataset's "
+      "class count."
+    )
 
 
 def load_arrays(config, split: str | None = None, limit: int | None = None):

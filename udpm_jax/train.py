@@ -46,6 +46,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
       f"The global batch size {batch_size} is not divisible by the device count "
       f"{jax.device_count()}; set --config.training.batch_size to a multiple."
     )
+  group = min(batch_size, int(config.discriminator.stddev_group))
+  if batch_size % group:
+    raise ValueError(
+      f"The global batch size {batch_size} is not divisible by the discriminator's minibatch-"
+      f"stddev group min(batch, discriminator.stddev_group={config.discriminator.stddev_group}) "
+      f"= {group}; use a multiple of {group}."
+    )
   t = config.training
   k = max(int(t.steps_per_dispatch), 1)
   num_steps = int(t.num_steps)
@@ -57,10 +64,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   # mismatched checkpoint leaves an existing workdir exactly as it was.
   start_step, state = 0, None
   if checkpoint.all_steps(workdir):
+    checkpoint.check_resumable(workdir, config, batch_size)
     reader = checkpoint.make_manager(workdir, config, read_only=True)
     start_step, state = checkpoint.restore_state(reader, jax.eval_shape(init_fn, key))
     reader.close()
   start_step = int(start_step)
+  if start_step > num_steps:
+    raise ValueError(
+      f"The workdir's checkpoint is at step {start_step}, beyond training.num_steps={num_steps}; "
+      f"set --config.training.num_steps to at least {start_step} to continue, or use another "
+      "--workdir."
+    )
+  if start_step == num_steps:  # e.g. a requeued job that had already finished
+    logging.info("%s is complete at step %d: nothing to do.", workdir, num_steps)
+    return state
   if (num_steps - start_step) % k:
     raise ValueError(
       f"training.num_steps={num_steps} minus the resumed step {start_step} must be "
@@ -76,6 +93,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   )
 
   lpips_params = ts.load_lpips_params(config)
+  # Saved with the global batch size resolved: with batch_size=0 it depends on the device count,
+  # and a resume on another count must see that the batch (and so the data order) would change.
+  saved_config = ml_collections.ConfigDict(config.to_dict())
+  saved_config.training.batch_size = batch_size
 
   workdir.mkdir(parents=True, exist_ok=True)
   manager = checkpoint.make_manager(workdir, config)
@@ -110,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
           _write_metrics(writer, step, pending)  # raises NonFiniteLossError before any save
           pending = []
         if save_now:
-          checkpoint.save(manager, step, state, config, force=is_last)
+          checkpoint.save(manager, step, state, saved_config, force=is_last)
           last_good = step
         if t.eval_every and step % t.eval_every < k:
           evaluator(step, state)

@@ -14,6 +14,8 @@ KERNEL_NORMS = ("norm", "sum")
 DATA_SOURCES = ("tfds", "folder", "zip", "npz", "idx", "synthetic")
 ARCHS = ("ncsnpp", "ddpmpp")
 PER_LEVEL_LOSS_FIELDS = ("l1", "lpips", "adv", "r1_gamma")
+RESIZES = ("none", "pad", "resize", "center_crop")
+LEVEL_DISPATCH = ("host", "switch")
 
 
 def get_config(name: str = "default") -> ml_collections.ConfigDict:
@@ -38,11 +40,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(L, int) or L < 1:
     raise ValueError(f"process.levels must be an integer >= 1, got {L!r}.")
   n = config.data.image_size
+  depth = len(config.model.channel_mult)
+  # The U-Net halves its input depth − 1 times, and its smallest input is the level-L latent.
+  base = s**L * 2 ** (depth - 1)
+  valid = [k * base for k in range(1, 5)]
   if not isinstance(n, int) or n <= 0 or n % (s**L):
-    valid = [k * s**L for k in range(1, 5)]
     raise ValueError(
       f"data.image_size={n!r} is not divisible by scale**levels = {s}**{L} = {s**L}; "
-      f"valid sizes are multiples of {s**L}, e.g. {valid}."
+      f"valid sizes (with this U-Net) are multiples of {base}, e.g. {valid}."
+    )
+  if (n // s**L) % 2 ** (depth - 1):
+    raise ValueError(
+      f"data.image_size={n}: the level-{L} latent is {n // s**L}×{n // s**L}, which the U-Net "
+      f"of {depth} resolutions (model.channel_mult={tuple(config.model.channel_mult)}) cannot "
+      f"halve {depth - 1} times; valid sizes are multiples of {base}, e.g. {valid}, or use "
+      "fewer levels or resolutions."
     )
   _check_per_level("process.alphas", p.alphas, L)
   _check_per_level("process.sigmas", p.sigmas, L)
@@ -101,6 +113,82 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if not 0.0 <= t.ema_decay < 1.0:
     raise ValueError(f"training.ema_decay={t.ema_decay!r}; must lie in [0, 1).")
+  for field in ("num_steps", "log_every", "ckpt_every", "keep_checkpoints", "steps_per_dispatch"):
+    _check(f"training.{field}", t[field], _is_int(t[field]) and t[field] >= 1, "an integer >= 1")
+  for field in ("sample_every", "eval_every"):
+    _check(
+      f"training.{field}",
+      t[field],
+      _is_int(t[field]) and t[field] >= 0,
+      "an integer >= 0 (0 = off)",
+    )
+  _check(
+    "training.level_dispatch",
+    t.get("level_dispatch", "host"),
+    t.get("level_dispatch", "host") in LEVEL_DISPATCH,
+    f"one of {', '.join(LEVEL_DISPATCH)}",
+  )
+  if t.ckpt_every % t.steps_per_dispatch:
+    # Orbax saves on steps divisible by ckpt_every, and the step advances by steps_per_dispatch.
+    raise ValueError(
+      f"training.ckpt_every={t.ckpt_every} must be a multiple of training.steps_per_dispatch="
+      f"{t.steps_per_dispatch}, or periodic checkpoints would be skipped."
+    )
+  _check(
+    "data.resize", config.data.resize, config.data.resize in RESIZES, f"one of {', '.join(RESIZES)}"
+  )
+  for name, rate in (
+    ("model.dropout", config.model.dropout),
+    ("discriminator.dropout", config.discriminator.dropout),
+  ):
+    _check(name, rate, 0.0 <= rate < 1.0, "a rate in [0, 1)")
+  if "optim" in config:
+    o = config.optim
+    for field in ("g_lr", "d_lr", "eps"):
+      _check(f"optim.{field}", o[field], math.isfinite(o[field]) and o[field] > 0, "finite and > 0")
+    for field in ("b1", "b2"):
+      _check(f"optim.{field}", o[field], 0.0 <= o[field] < 1.0, "in [0, 1)")
+    _check(
+      "optim.warmup_steps",
+      o.warmup_steps,
+      _is_int(o.warmup_steps) and o.warmup_steps >= 0,
+      "an integer >= 0",
+    )
+  if "loss" in config:
+    l = config.loss
+    _check("loss.d_noise_std", l.d_noise_std, l.d_noise_std >= 0, ">= 0")
+    _check("loss.d_noise_decay", l.d_noise_decay, 0.0 < l.d_noise_decay <= 1.0, "in (0, 1]")
+    _check(
+      "loss.d_noise_decay_every",
+      l.d_noise_decay_every,
+      _is_int(l.d_noise_decay_every) and l.d_noise_decay_every >= 1,
+      "an integer >= 1",
+    )
+  e = config.eval
+  _check(
+    "eval.num_samples",
+    e.num_samples,
+    _is_int(e.num_samples) and e.num_samples >= 2,
+    "an integer >= 2 (FID needs a covariance)",
+  )
+  _check(
+    "eval.batch_size", e.batch_size, _is_int(e.batch_size) and e.batch_size >= 1, "an integer >= 1"
+  )
+  _check(
+    "eval.reference_num",
+    e.reference_num,
+    _is_int(e.reference_num) and e.reference_num >= 0,
+    "an integer >= 0 (0 = the whole split)",
+  )
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(name, value, ok, valid) -> None:
+  if not ok:
+    raise ValueError(f"{name}={value!r}; it must be {valid}.")
 
 
 def _check_per_level(name, values, levels):
