@@ -41,3 +41,13 @@ def test_training_report_measures_every_level_and_reports_progress():
   counts = [sum(len(row) for row in s["training"]["per_level"].values()) for s in snapshots[1:]]
   assert counts == [3 * i for i in range(1, 7)]
   assert "partial" not in r
+
+
+def test_mfu_peak_by_device_name_and_compute_dtype():
+  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
+  # A TPU v5e reports itself as "TPU v5 lite"; both names have the v5e peak.
+  assert bench.peak_flops("TPU v5 lite", "bfloat16") == bench.peak_flops("TPU v5e", "bfloat16")
+  assert bench.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  # float32 compute has no 16-bit peak to compare with; an unknown device has none at all.
+  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "float32") is None
+  assert bench.peak_flops("cpu", "bfloat16") is None

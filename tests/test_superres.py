@@ -68,3 +68,22 @@ def test_trained_tiny_model_beats_nearest_neighbour_on_held_out_images(assets):
     config, {"params": params, **variables}, test_x, None, 1, jax.random.PRNGKey(1), batch=32
   )
   assert report["udpm"]["psnr"] > report["nearest"]["psnr"] + 0.5, report
+
+
+def test_images_to_upsample_are_checked_converted_and_keep_their_labels(tmp_path):
+  import pytest
+
+  config = udpm_jax.configs.get_config("test")  # 16², s = 2, RGB, 10 classes
+  gray = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
+  np.savez(tmp_path / "gray.npz", images=gray, labels=np.array([2, 0, 9]))
+  images, labels = superres.read_low_resolution(tmp_path / "gray.npz", config, level=1)
+  assert images.shape == (3, 8, 8, 3) and labels.tolist() == [2, 0, 9]
+  np.testing.assert_allclose(images[..., 2], gray / 127.5 - 1.0, atol=1e-6)  # gray → RGB
+  with pytest.raises(ValueError, match=r"--level=2 of this run needs uint8 \(M, 4, 4, C\)"):
+    superres.read_low_resolution(tmp_path / "gray.npz", config, level=2)
+  np.savez(tmp_path / "bad_labels.npz", images=gray, labels=np.array([2, 0, 10]))
+  with pytest.raises(data.DataError, match=r"labels must lie in \[0, data.num_classes=10\)"):
+    superres.read_low_resolution(tmp_path / "bad_labels.npz", config, level=1)
+  np.savez(tmp_path / "float.npz", images=gray.astype(np.float32))
+  with pytest.raises(ValueError, match="'images' is float32"):
+    superres.read_low_resolution(tmp_path / "float.npz", config, level=1)

@@ -178,9 +178,22 @@ PEAK_BF16_FLOPS = {
   "NVIDIA A100-SXM4-80GB": 312e12,
   "NVIDIA A100-SXM4-40GB": 312e12,
   "TPU v4": 275e12,
+  # TPUs report either name (JAX's own TPU tables accept both).
   "TPU v5e": 197e12,
+  "TPU v5 lite": 197e12,
   "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6e": 918e12,
+  "TPU v6 lite": 918e12,
 }
+
+
+def peak_flops(device_kind: str, compute_dtype: str) -> float | None:
+  """The dense 16-bit peak MFU is measured against, or None: for an unknown device, or for
+  float32 compute, whose peak (TF32, or none) is another number and would make MFU meaningless."""
+  if compute_dtype not in ("bfloat16", "float16"):
+    return None
+  return PEAK_BF16_FLOPS.get(device_kind)
 
 
 def _random_lpips_params(config):
@@ -267,7 +280,7 @@ def _train_report(
   sec = np.mean([r["d_seconds"] for r in rows]) + np.mean([r["g_seconds"] for r in rows])
   flops = np.mean([r["d_flops"] for r in rows]) + np.mean([r["g_flops"] for r in rows])
   kind = jax.devices()[0].device_kind
-  peak = PEAK_BF16_FLOPS.get(kind)
+  peak = peak_flops(kind, config.training.compute_dtype)
   achieved = flops / sec / jax.device_count()
   return {
     "batch": batch,

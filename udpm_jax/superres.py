@@ -6,7 +6,8 @@ measures PSNR and LPIPS of ×s^level upsampling on held-out images of the run's 
 config's data with split 'test'): the low-resolution input is H^level x_0 in image units (for the
 'norm' box kernel, average pooling), and UDPM (`sampling.make_upsample_fn`) is compared with
 nearest-neighbour and bicubic resizing of the same input. `--images=FILE.npz` (array 'images',
-uint8 NHWC at the level's side) upsamples your own images into PNGs under `--out` instead.
+uint8 NHWC at the level's side, gray or RGB; optional 'labels') upsamples your own images into
+PNGs under `--out` instead.
 """
 
 from __future__ import annotations
@@ -97,6 +98,40 @@ def measure(
   }
 
 
+def read_low_resolution(path, config, level: int):
+  """Images to upsample from an .npz: 'images' uint8 (M, n, n[, C]) at the level's side n, and
+  optionally 'labels' (M,) for class-conditional models. Returns (float images in [-1, 1] with the
+  model's channels, int32 labels or None)."""
+  import numpy as np
+
+  from udpm_jax import data
+
+  side = config.data.image_size // config.process.scale**level
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if "images" not in f.files:
+        raise ValueError(f"it has no 'images' array (found {f.files})")
+      images = f["images"]
+      labels = f["labels"].astype(np.int32).reshape(-1) if "labels" in f.files else None
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f"Cannot read low-resolution images from {path}: {e}") from e
+  images = images[..., None] if images.ndim == 3 else images
+  if images.ndim != 4 or images.shape[1:3] != (side, side) or images.dtype != np.uint8:
+    raise ValueError(
+      f"{path}: 'images' is {images.dtype} {images.shape}; --level={level} of this run needs "
+      f"uint8 (M, {side}, {side}, C) (image_size {config.data.image_size} / "
+      f"{config.process.scale}^{level})."
+    )
+  images = data.match_channels(images, config.data.channels, path)
+  if labels is not None:
+    if len(labels) != len(images):
+      raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels.")
+    data.check_labels(labels, config, path)
+  elif config.data.num_classes:
+    logging.warning("%s has no 'labels': using classes i mod %d.", path, config.data.num_classes)
+  return images.astype(np.float32) / 127.5 - 1.0, labels
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -111,11 +146,12 @@ def main(argv):
   if _IMAGES.value:
     if not _OUT.value:
       raise app.UsageError("--images needs --out (a directory for the PNGs).")
-    with np.load(_IMAGES.value) as f:
-      low = f["images"].astype(np.float32) / 127.5 - 1.0
+    low, low_labels = read_low_resolution(_IMAGES.value, config, _LEVEL.value)
     upsample = sampling.make_upsample_fn(config, _LEVEL.value)
     for b, start in enumerate(range(0, len(low), _BATCH.value)):
-      out = upsample(variables, jax.random.fold_in(key, b), low[start : start + _BATCH.value])
+      rows = slice(start, start + _BATCH.value)
+      labels = None if low_labels is None else low_labels[rows]
+      out = upsample(variables, jax.random.fold_in(key, b), low[rows], labels=labels)
       image_io.save_pngs(_OUT.value, np.asarray(out), start)
     logging.info("Upsampled %d images into %s.", len(low), _OUT.value)
     return
