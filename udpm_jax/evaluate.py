@@ -421,8 +421,8 @@ def main(argv):
   from udpm_jax import checkpoint, inception
 
   # Resolves the steps (and fails on a mistyped workdir) before anything is written there.
-  latest, config = checkpoint.load_config(_WORKDIR.value, None if _ALL.value else _STEP.value)
-  steps = checkpoint.all_steps(_WORKDIR.value) if _ALL.value else [latest]
+  chosen, config = checkpoint.load_config(_WORKDIR.value, None if _ALL.value else _STEP.value)
+  steps = checkpoint.all_steps(_WORKDIR.value) if _ALL.value else [chosen]
   features = None
   writer = metric_writers.create_default_writer(str(epath.Path(_WORKDIR.value) / "eval"))
   for step in steps:
