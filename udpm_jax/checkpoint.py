@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 _policies = ocp.checkpoint_managers
 
@@ -147,6 +148,17 @@ def _comparable(value):
   return tuple(_comparable(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def _replicated_target(metadata):
+  """Restore targets placed here, not where the checkpoint was written: a run saved by a TPU pod
+  or several SLURM processes restores in one notebook process (Orbax refuses the saved topology).
+  One device in a single process; replicated over all devices when this is itself a multi-process
+  job (e.g. evaluation on a pod)."""
+  devices = jax.devices() if jax.process_count() > 1 else jax.devices()[:1]
+  sharding = NamedSharding(Mesh(np.asarray(devices), ("replica",)), PartitionSpec())
+  tree = getattr(metadata, "tree", metadata)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+
+
 def _as_restore_target(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     return x
@@ -218,9 +230,13 @@ def restore_params(
     checkpoint_dir(workdir),
     item_names=("state", "config"),
     options=ocp.CheckpointManagerOptions(read_only=True),
+    item_handlers={"state": ocp.StandardCheckpointHandler()},
   ) as manager:
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      target = _replicated_target(manager.item_metadata(step)["state"])
+      restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )
     except Exception as e:  # orbax raises many types for damaged files
       raise CheckpointError(
         f"Checkpoint step {step} under {checkpoint_dir(workdir)} could not be "
