@@ -193,6 +193,19 @@ def test_scalar_posterior_differs_exactly_as_spec_says():
   wide = P.Schedule.create((0.5,), (0.1,), ops.make_kernel("gaussian", 2, size=5), 2, 8)
   with pytest.raises(ValueError, match="Lemma 1"):
     P.posterior_mean(wide, jnp.ones((1, 4, 4, 1)), jnp.ones((1, 8, 8, 1)), 1, exact=False)
+  # The marginal and the prior take exact=False too (API.md): for Lemma-1 kernels they are scalar
+  # in both forms, so the draws are equal; other kernels refuse the scalar form.
+  key, x0 = jax.random.PRNGKey(3), jnp.asarray(rng.standard_normal((1, 8, 8, 1)), jnp.float32)
+  np.testing.assert_array_equal(
+    P.q_sample(sched, x0, 2, key, exact=False), P.q_sample(sched, x0, 2, key)
+  )
+  np.testing.assert_array_equal(
+    P.prior_sample(sched, key, 2, 1, exact=False), P.prior_sample(sched, key, 2, 1)
+  )
+  with pytest.raises(ValueError, match="Lemma 1"):
+    P.q_sample(wide, x0, 1, key, exact=False)
+  with pytest.raises(ValueError, match="Lemma 1"):
+    P.prior_sample(wide, key, 1, 1, exact=False)
 
 
 def test_level_one_is_a_point_mass_and_bad_levels_raise():

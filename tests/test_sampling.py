@@ -134,6 +134,40 @@ def test_super_resolution_with_the_oracle_is_consistent_with_its_input():
     up({}, jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 1)))
 
 
+def test_arrays_placed_on_one_device_work_with_the_multi_device_programs():
+  """Weights restored onto one device, keys and labels from other programs, images the sampler
+  returned replicated over all devices: sampler and upsampler accept them all together."""
+  config = _config(channels=3, size=16, classes=10)
+  one = jax.devices()[0]
+  variables = jax.device_put({"w": jnp.float32(1.3)}, one)
+  key = jax.device_put(jax.random.PRNGKey(4), one)
+  labels = jax.device_put(jnp.arange(8, dtype=jnp.int32) % 10, one)
+  sample = sampling.make_sample_fn(config, _cheap)
+  images = sample(variables, key, num=8, labels=labels)
+  assert len(images.sharding.device_set) == len(jax.devices()) > 1
+  np.testing.assert_allclose(
+    images, sample({"w": jnp.float32(1.3)}, jax.random.PRNGKey(4), num=8), atol=1e-6
+  )
+  up = sampling.make_upsample_fn(config, 1, _cheap)
+  low = proc.H(sample.schedule, images, 1) / 2.0  # the 'norm' box: an average-pooled image
+  assert up(variables, key, low, labels=labels).shape == (8, 16, 16, 3)
+
+
+def test_bad_labels_and_channels_are_refused():
+  config = _config(channels=3, size=16, classes=10)
+  sample = sampling.make_sample_fn(config, _cheap)
+  variables, key = {"w": jnp.float32(1.0)}, jax.random.PRNGKey(0)
+  with pytest.raises(
+    ValueError, match=r"labels must lie in \[0, data.num_classes=10\); got \[30\]"
+  ):
+    sample(variables, key, num=2, labels=[0, 30])
+  with pytest.raises(ValueError, match=r"labels have shape \(2,\); 4 images need shape \(4,\)"):
+    sample(variables, key, num=4, labels=[0, 1])
+  up = sampling.make_upsample_fn(config, 1, _cheap)
+  with pytest.raises(ValueError, match=r"this model needs \(B, 8, 8, 3\)"):
+    up(variables, key, jnp.zeros((2, 8, 8, 1)))
+
+
 def test_export_round_trip(tmp_path):
   config = _config(channels=1, size=8)
   variables = {"w": jnp.float32(0.9)}

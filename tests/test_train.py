@@ -121,6 +121,12 @@ def test_restore_params_samples_and_errors(reference_run, tmp_path):
   (out / "000005_5.png").unlink()
   assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4) == 4  # batch 1 (4 images) redone
   assert (out / "000005_5.png").read_bytes() == first
+  # Continuing the folder with another seed or the raw weights would mix two sets: refused.
+  with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
+    sample_cli.sample_to_dir(reference_run, out, 12, batch=4, seed=1)
+  with pytest.raises(ValueError, match="ema: True there, False now"):
+    sample_cli.sample_to_dir(reference_run, out, 12, batch=4, ema=False)
+  assert (out / "000005_5.png").read_bytes() == first
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint found"):
     checkpoint.restore_params(tmp_path)
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint for step 5.*available: "):

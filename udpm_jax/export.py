@@ -2,7 +2,8 @@
 
 The artifact is StableHLO with the weights baked in as constants and a fixed batch: its only input
 is a PRNG key's raw data (uint32[2]), its output the images (num, N, N, C) in [-1, 1]. Load it with
-`load_exported(path)` anywhere a compatible jaxlib runs; udpm_jax itself is not needed there.
+`load_exported(path)` anywhere a compatible jaxlib runs (on one of the platforms it was exported
+for: CPU by default, which every host has); udpm_jax itself is not needed there.
 """
 
 from __future__ import annotations
@@ -35,9 +36,17 @@ def load_exported(path):
   """A callable `sample(key) -> images` from an exported sampler file."""
   exported = jax.export.deserialize(bytearray(epath.Path(path).read_bytes()))
 
+  # An export for CPU called on a GPU/TPU host runs on that host's CPU (jax.export refuses to
+  # lower it for the default accelerator); export with platforms=("cuda", …) to run there.
+  platform = jax.default_backend()
+  device = None if platform in exported.platforms else jax.devices(exported.platforms[0])[0]
+
   def sample(key):
     key = jnp.asarray(key)
     data = key if key.dtype == jnp.uint32 else jax.random.key_data(key)
-    return exported.call(data)
+    if device is None:
+      return exported.call(data)
+    with jax.default_device(device):
+      return exported.call(jax.device_put(data, device))
 
   return sample

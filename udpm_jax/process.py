@@ -231,8 +231,12 @@ def q_mean(sched: Schedule, x0, level: int):
   return sched.alpha_bars[level] * H(sched, x0, level)
 
 
-def q_sample(sched: Schedule, x0, level: int, key, noise=None):
+def q_sample(sched: Schedule, x0, level: int, key, noise=None, exact: bool | None = None):
   """Draws x_l ~ q(x_l | x_0) = N(ᾱ_l H^l x_0, Σ̃_l).
+
+  `exact` is accepted like every process function's: the authors' scalar form is defined only for
+  Lemma-1 kernels, whose marginal is exactly σ̃_l² I, so both forms draw the same x_l (and
+  exact=False is refused for other kernels, as elsewhere).
 
   Args:
     sched: the schedule.
@@ -245,6 +249,7 @@ def q_sample(sched: Schedule, x0, level: int, key, noise=None):
     (B, N_l, N_l, C).
   """
   sched._check_level(level)
+  sched._use_exact(exact)
   return q_perturb(sched, q_mean(sched, x0, level), level, key, noise)
 
 
@@ -266,12 +271,17 @@ def prior_from_noise(sched: Schedule, noise):
   return ops.apply_circulant(noise, np.sqrt(sched.prior_spectrum()))
 
 
-def prior_sample(sched: Schedule, key, batch: int, channels: int, dtype=jnp.float32):
+def prior_sample(
+  sched: Schedule, key, batch: int, channels: int, dtype=jnp.float32, exact: bool | None = None
+):
   """Draws x_L from the prior: the law of x_L when x_0 ~ N(0, I) (std ≈ 0.300 with the defaults).
+
+  `exact` as in `q_sample`: for the kernels where the scalar form exists the prior is scalar too.
 
   Returns:
     (batch, N_L, N_L, channels).
   """
+  sched._use_exact(exact)
   n = sched.side(sched.levels)
   return prior_from_noise(sched, jax.random.normal(key, (batch, n, n, channels), dtype))
 

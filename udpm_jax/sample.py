@@ -4,9 +4,13 @@
 
 Image i belongs to batch b = i // batch, whose randomness is fold_in(PRNGKey(seed), b); class
 labels are balanced (label i mod K). A run that was stopped skips the batches whose PNGs all exist
-and, with the same --seed and --batch, writes exactly the images it would have written.
+and writes exactly the images it would have written. The folder records what made its images
+(sampling.json: workdir, step, EMA or not, seed, batch); continuing it with other settings is
+refused, since kept and new images would then come from different models or draws.
 """
 
+import json
+import os
 import time
 
 from absl import app, flags, logging
@@ -38,10 +42,20 @@ def sample_to_dir(
 
   from udpm_jax import checkpoint, image_io, sampling
 
+  step = checkpoint.load_config(workdir, step)[0]
+  made_by = dict(
+    workdir=str(workdir) if "://" in str(workdir) else os.path.abspath(workdir),
+    step=int(step),
+    ema=bool(ema),
+    seed=int(seed),
+    batch=int(batch),
+  )
+  out = epath.Path(out)
+  _check_same_settings(out / "sampling.json", made_by)
   config, variables = checkpoint.restore_params(workdir, step=step, ema=ema)
   sample = sampling.make_sample_fn(config)
-  out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
+  (out / "sampling.json").write_text(json.dumps(made_by, indent=2))
   k = config.data.num_classes
   written, start = 0, time.time()
   num_batches = -(-num // batch)
@@ -67,13 +81,35 @@ def sample_to_dir(
     grid_img = image_io.levels_grid(levels, config.data.image_size)
     image_io.save_png(out / "grid_levels.png", np.rint(grid_img * 255).astype(np.uint8))
   if npz:
-    files = sorted(p for p in out.iterdir() if p.name.endswith(".png") and p.name[0].isdigit())
     from PIL import Image
 
-    arr = np.stack([np.asarray(Image.open(p)) for p in files[:num]])
+    from udpm_jax import metrics
+
+    files = sorted(p for p in out.iterdir() if p.name.endswith(".png") and p.name[0].isdigit())
+    arr = []
+    for p in files[:num]:
+      with p.open("rb") as fh, Image.open(fh) as im:
+        arr.append(np.asarray(im))
+    arr = np.stack(arr)
+    arr = arr[..., None] if arr.ndim == 3 else arr  # grayscale PNGs read back as (H, W): NHWC
     labels = np.array([int(p.stem.split("_")[1]) if "_" in p.stem else 0 for p in files[:num]])
-    np.savez(out / "samples.npz", images=arr, labels=labels)
+    metrics.savez_atomic(out / "samples.npz", images=arr, labels=labels)
   return written
+
+
+def _check_same_settings(path, made_by):
+  """Refuses to add images to a folder whose existing images were made otherwise."""
+  if not path.exists():
+    return
+  earlier = json.loads(path.read_text())
+  changed = [
+    f"{k}: {earlier.get(k)!r} there, {v!r} now" for k, v in made_by.items() if earlier.get(k) != v
+  ]
+  if changed:
+    raise ValueError(
+      f"{path.parent} holds images made with other settings ({'; '.join(changed)}); resuming would "
+      "mix them with new ones. Use another --out, or the settings of sampling.json."
+    )
 
 
 def main(argv):

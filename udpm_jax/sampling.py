@@ -71,6 +71,23 @@ def default_labels(config, num: int):
   return jnp.arange(num, dtype=jnp.int32) % k if k else None
 
 
+def checked_labels(config, labels, num: int):
+  """`labels` as int32 (num,), or the class-balanced default when None; errors name the problem
+  (an out-of-range label would one-hot to zeros and silently drop its conditioning)."""
+  k = config.data.num_classes
+  if labels is None:
+    return default_labels(config, num)
+  if k == 0:
+    raise ValueError("This config is unconditional (data.num_classes=0): labels must be None.")
+  host = np.asarray(labels)
+  if host.shape != (num,):
+    raise ValueError(f"labels have shape {host.shape}; {num} images need shape ({num},).")
+  bad = sorted(set(host[(host < 0) | (host >= k)].tolist()))
+  if bad:
+    raise ValueError(f"labels must lie in [0, data.num_classes={k}); got {bad[:8]}.")
+  return jnp.asarray(host, jnp.int32)
+
+
 def make_sample_fn(
   config, denoise_fn: DenoiseFn | None = None, exact: bool | None = None, devices=None
 ):
@@ -110,13 +127,11 @@ def make_sample_fn(
       num = num_latent
     if num is None:
       raise ValueError("Pass num (the number of images) or latents.")
-    if labels is None:
-      labels = default_labels(config, num)
-    elif config.data.num_classes == 0:
-      raise ValueError("This config is unconditional (data.num_classes=0): labels must be None.")
-    # Restored or user-made arrays may sit on one device; the program spans the whole mesh.
+    labels = checked_labels(config, labels, num)
+    # Restored or user-made arrays (weights, keys and labels from other programs) may sit on one
+    # device; the program spans the whole mesh.
     rep = NamedSharding(mesh, P())
-    variables, latents = jax.device_put((variables, latents), rep)
+    variables, key, labels, latents = jax.device_put((variables, key, labels, latents), rep)
     return jitted(variables, key, num, labels, latents, return_levels)
 
   sample.schedule = sched
@@ -203,6 +218,7 @@ def make_upsample_fn(
   sched._check_level(from_level)
   denoise_fn = denoise_fn or _default_denoise_fn(config)
   gain = float(sched.kernel_array.sum()) ** from_level
+  rep = NamedSharding(jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), P())
 
   def run(variables, key, y, labels, plain_image):
     y = y * gain if plain_image else y
@@ -226,8 +242,14 @@ def make_upsample_fn(
         f"{sched.side(from_level)} (image_size {sched.image_size} / "
         f"{sched.scale}^{from_level})."
       )
-    if labels is None:
-      labels = default_labels(config, y.shape[0])
+    if y.ndim != 4 or y.shape[-1] != config.data.channels:
+      raise ValueError(
+        f"y has shape {y.shape}; this model needs (B, {sched.side(from_level)}, "
+        f"{sched.side(from_level)}, {config.data.channels}) (data.channels)."
+      )
+    labels = checked_labels(config, labels, y.shape[0])
+    # Weights restored onto one device and images from the (replicated) sampler: one placement.
+    variables, key, y, labels = jax.device_put((variables, key, y, labels), rep)
     return jitted(variables, key, y, labels, plain_image)
 
   return upsample
