@@ -176,3 +176,33 @@ def test_lpips_weight_without_function_is_refused():
   gen, disc = toy_pair(config)
   with pytest.raises(ValueError, match="loss.lpips has positive weights"):
     ts.make_train_step(config, gen, disc, *ts.make_optimizers(config))
+
+
+def test_discriminator_draws_separate_dropout_masks_for_real_and_fake(monkeypatch):
+  """The release calls D twice (fake, real) in training mode: independent dropout masks. With
+  dropout on the logit (the release's quirk) a dropped logit is exactly 0, so equal zero patterns
+  over a batch would mean one shared mask."""
+  config = _config()
+  config.discriminator.update(dropout=0.5, quirk_logit_dropout=True)
+  config.loss.lpips = (0.0, 0.0, 0.0)
+  mesh = ts.make_mesh(jax.devices()[:1])
+  gen, disc, init_fn, _ = ts.build(config, mesh)
+  g_tx, d_tx = ts.make_optimizers(config)
+  _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx)
+  seen = {}
+
+  def recording(name, loss_fn):
+    def fn(logits):
+      jax.debug.callback(lambda v: seen.setdefault(name, np.asarray(v)), logits)
+      return loss_fn(logits)
+
+    return fn
+
+  monkeypatch.setattr(losses, "d_loss_fake", recording("fake", losses.d_loss_fake))
+  monkeypatch.setattr(losses, "d_loss_real", recording("real", losses.d_loss_real))
+  batch = {k: jnp.asarray(v) for k, v in _batches(config, 1)[0].items()}
+  parts.d_update(init_fn(jax.random.PRNGKey(0)), batch, level_d=2)
+  dropped_fake, dropped_real = seen["fake"] == 0, seen["real"] == 0
+  n = len(dropped_fake)
+  assert 0 < dropped_fake.sum() < n and 0 < dropped_real.sum() < n  # the mask is active
+  assert not np.array_equal(dropped_fake, dropped_real)

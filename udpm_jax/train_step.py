@@ -140,22 +140,27 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     real_in = gt + noise_std * jax.random.normal(k_nr, gt.shape)
     fake_in = fake + noise_std * jax.random.normal(k_nf, fake.shape)
 
-    def d_apply(img):
+    # Two D calls, two dropout masks (the release calls D on fake and on real separately); the R1
+    # penalty differentiates the real call itself, so it shares that call's mask.
+    k_drop_fake, k_drop_real = jax.random.split(k_drop)
+
+    def d_apply(img, dropout_key):
       return disc.apply(
         {"params": d_params, **state.d_consts},
         img,
         t,
         d_labels,
         train=True,
-        rngs={"dropout": k_drop},
+        rngs={"dropout": dropout_key},
       ).astype(jnp.float32)
 
-    logits_fake = d_apply(fake_in)
+    logits_fake = d_apply(fake_in, k_drop_fake)
+    d_real = functools.partial(d_apply, dropout_key=k_drop_real)
     gamma = lc.r1_gamma[level - 1]
     if gamma > 0:
-      r1, logits_real = losses.r1_penalty(d_apply, real_in)
+      r1, logits_real = losses.r1_penalty(d_real, real_in)
     else:
-      r1, logits_real = jnp.zeros(()), d_apply(real_in)
+      r1, logits_real = jnp.zeros(()), d_real(real_in)
     loss = 0.5 * losses.d_loss_fake(logits_fake) + 0.5 * losses.d_loss_real(logits_real)
     loss = loss + 0.5 * gamma * r1
     return loss, {
