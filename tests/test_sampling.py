@@ -158,7 +158,7 @@ def test_bad_labels_and_channels_are_refused():
   sample = sampling.make_sample_fn(config, _cheap)
   variables, key = {"w": jnp.float32(1.0)}, jax.random.PRNGKey(0)
   with pytest.raises(
-    ValueError, match=r"labels must lie in \[0, data.num_classes=10\); got \[30\]"
+    ValueError, match=r"labels must lie in \[0, data.num_classes=10\); found \[30\]"
   ):
     sample(variables, key, num=2, labels=[0, 30])
   with pytest.raises(ValueError, match=r"labels have shape \(2,\); 4 images need shape \(4,\)"):

@@ -82,9 +82,9 @@ def checked_labels(config, labels, num: int):
   host = np.asarray(labels)
   if host.shape != (num,):
     raise ValueError(f"labels have shape {host.shape}; {num} images need shape ({num},).")
-  bad = sorted(set(host[(host < 0) | (host >= k)].tolist()))
-  if bad:
-    raise ValueError(f"labels must lie in [0, data.num_classes={k}); got {bad[:8]}.")
+  from udpm_jax import data
+
+  data.check_labels(host, config, "sampling labels")
   return jnp.asarray(host, jnp.int32)
 
 
