@@ -8,6 +8,7 @@ The math of one step lives in `train_step`; this module only moves data and writ
 from __future__ import annotations
 
 import collections
+import math
 
 import jax
 import ml_collections
@@ -20,8 +21,17 @@ from udpm_jax import checkpoint, data
 from udpm_jax import configs as configs_lib
 from udpm_jax import train_step as ts
 
-D_METRICS = ("d_loss", "d_real_logit", "d_fake_logit", "r1", "d_grad_norm")
-G_METRICS = ("g_loss", "g_l1", "g_lpips", "g_adv", "g_grad_norm")
+D_METRICS = (
+  "d_loss",
+  "d_real_logit",
+  "d_fake_logit",
+  "d_real_acc",
+  "d_fake_acc",
+  "r1",
+  "d_grad_norm",
+  "d_update_norm",
+)
+G_METRICS = ("g_loss", "g_l1", "g_lpips", "g_adv", "g_grad_norm", "g_update_norm")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sampler = _GridSampler(config)
   evaluator = _Evaluator(config, workdir, writer, sampler)
+  monitor = StalledLevelMonitor()
   pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
   last_good = start_step
 
@@ -128,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         is_last = step >= num_steps
         save_now = manager.should_save(step) or is_last
         if step % t.log_every < k or save_now:
-          _write_metrics(writer, step, pending)  # raises NonFiniteLossError before any save
+          # Raises NonFiniteLossError before any save.
+          _write_metrics(writer, step, pending, monitor)
           pending = []
         if save_now:
           checkpoint.save(manager, step, state, saved_config, force=is_last)
@@ -152,7 +164,47 @@ def _next_batch(batches, k):
   return {name: np.stack([b[name] for b in items]) for name in items[0]}
 
 
-def _write_metrics(writer, step, pending):
+class StalledLevelMonitor:
+  """Warns when a level's discriminator stays at chance: D loss within `tol` of ln 2 for
+  `patience` consecutive log intervals in which that level was drawn.
+
+  Such a level's generator gets no adversarial signal (at the coarsest level, where the adversarial
+  loss is the only one, it learns nothing), so the warning names the level and what to try.
+  """
+
+  def __init__(self, patience: int = 4, tol: float = 0.01):
+    self.patience, self.tol = patience, tol
+    self.runs = collections.Counter()
+    self.warned = set()
+
+  def update(self, step: int, scalars: dict) -> list[int]:
+    """Feeds one log interval's scalars; returns the levels warned about now."""
+    warned_now = []
+    for name, value in scalars.items():
+      if not name.startswith("d_loss/level_"):
+        continue
+      level = int(name.rsplit("_", 1)[1])
+      self.runs[level] = self.runs[level] + 1 if abs(value - math.log(2)) <= self.tol else 0
+      if self.runs[level] >= self.patience and level not in self.warned:
+        self.warned.add(level)
+        warned_now.append(level)
+        logging.warning(
+          "Level %d's discriminator has stayed at chance (D loss within %.2f of ln 2 = 0.693) "
+          "for %d log intervals up to step %d: its generator gets no adversarial signal. Look at "
+          "d_grad_norm/level_%d and d_update_norm/level_%d against the other levels; try "
+          "discriminator.quirk_stddev_sum_chw=False and quirk_logit_dropout=False, a lower "
+          "loss.r1_gamma or discriminator.dropout for this level, or a smaller loss.d_noise_std.",
+          level,
+          self.tol,
+          self.runs[level],
+          step,
+          level,
+          level,
+        )
+    return warned_now
+
+
+def _write_metrics(writer, step, pending, monitor=None):
   """Averages buffered metrics, per level, and stops the run on non-finite losses."""
   host = jax.device_get(pending)
   rows = []
@@ -178,6 +230,8 @@ def _write_metrics(writer, step, pending):
         scalars[f"{name}/level_{level}"] = float(np.mean(values))
   scalars["d_noise_std"] = float(rows[-1]["d_noise_std"])
   writer.write_scalars(step, scalars)
+  if monitor is not None:
+    monitor.update(step, scalars)
 
 
 class _GridSampler:

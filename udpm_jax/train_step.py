@@ -167,6 +167,9 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
       "d_loss": loss,
       "d_real_logit": logits_real.mean(),
       "d_fake_logit": logits_fake.mean(),
+      # How often D is right: a level whose D sits at 0.5 on both gives its generator no signal.
+      "d_real_acc": jnp.mean((logits_real > 0).astype(jnp.float32)),
+      "d_fake_acc": jnp.mean((logits_fake < 0).astype(jnp.float32)),
       "r1": r1,
     }
 
@@ -229,7 +232,13 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     else:
       (_, metrics), grads = jax.lax.switch(level_d - 1, d_grad_fns, *args)
     updates, d_opt = d_tx.update(grads, state.d_opt, state.d_params)
-    metrics = {**metrics, "d_grad_norm": optax.tree.norm(grads)}
+    # The update's norm, beside the gradient's: with one Adam state for all levels, a level whose
+    # gradients are much smaller than another's gets updates scaled down by that ratio.
+    metrics = {
+      **metrics,
+      "d_grad_norm": optax.tree.norm(grads),
+      "d_update_norm": optax.tree.norm(updates),
+    }
     return state.replace(
       d_params=optax.apply_updates(state.d_params, updates), d_opt=d_opt
     ), metrics
@@ -248,14 +257,27 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     ema = jax.tree.map(
       lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, g_params
     )
-    metrics = {**metrics, "g_grad_norm": optax.tree.norm(grads), "d_noise_std": noise_std}
+    metrics = {
+      **metrics,
+      "g_grad_norm": optax.tree.norm(grads),
+      "g_update_norm": optax.tree.norm(updates),
+      "d_noise_std": noise_std,
+    }
     return state.replace(
       step=state.step + 1, g_params=g_params, g_opt=g_opt, ema_params=ema
     ), metrics
 
+  weights = tuple(config.training.get("level_weights", ()) or ())
+
+  def draw_level(key):
+    if not weights:
+      return jax.random.randint(key, (), 1, L + 1)
+    p = jnp.asarray(weights, jnp.float32) / sum(weights)
+    return jax.random.choice(key, L, p=p).astype(jnp.int32) + 1
+
   def draw_levels(state):
     k_ld, k_lg, _, _ = step_keys(state)
-    return jax.random.randint(k_ld, (), 1, L + 1), jax.random.randint(k_lg, (), 1, L + 1)
+    return draw_level(k_ld), draw_level(k_lg)
 
   def finish(metrics, level_d, level_g):
     metrics = {**metrics, "level_d": level_d, "level_g": level_g}

@@ -128,6 +128,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     t.get("level_dispatch", "host") in LEVEL_DISPATCH,
     f"one of {', '.join(LEVEL_DISPATCH)}",
   )
+  weights = tuple(t.get("level_weights", ()) or ())
+  if weights:
+    _check_per_level("training.level_weights", weights, L)
+    _check(
+      "training.level_weights",
+      weights,
+      all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0,
+      "empty (every level equally often) or one finite weight >= 0 per level, not all 0",
+    )
   if t.ckpt_every % t.steps_per_dispatch:
     # Orbax saves on steps divisible by ckpt_every, and the step advances by steps_per_dispatch.
     raise ValueError(

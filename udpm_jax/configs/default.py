@@ -102,7 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
       ema_decay=0.9999,
       compute_dtype="bfloat16",  # forward passes; params stay float32
       steps_per_dispatch=1,
-      level_dispatch="host",  # 'host': one program per level; 'switch': lax.switch (see train_step)
+      level_dispatch="host",
+      # How often each level is drawn for the D and the G update, relative weights per level;
+      # () = uniformly, as released.
+      level_weights=(),  # 'host': one program per level; 'switch': lax.switch (see train_step)
       log_every=100,
       ckpt_every=5000,
       keep_checkpoints=3,
