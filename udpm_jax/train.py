@@ -234,6 +234,9 @@ def _write_metrics(writer, step, pending, monitor=None):
     monitor.update(step, scalars)
 
 
+GRID_SIDE = 10  # samples per row of the grids written during training
+
+
 class _GridSampler:
   """Writes grids of all levels of a few EMA samples (TensorBoard + PNG in the workdir)."""
 
@@ -253,16 +256,21 @@ class _GridSampler:
     from udpm_jax import image_io
 
     self.sample_fn()
-    num = 16 if self.config.data.num_classes == 0 else 2 * self.config.data.num_classes
+    k = self.config.data.num_classes
+    # Class-conditional: one row per class (GRID_SIDE samples of class r in row r).
+    num, labels = (GRID_SIDE * k, np.repeat(np.arange(k), GRID_SIDE)) if k else (GRID_SIDE**2, None)
     variables = {"params": state.ema_params, **state.g_consts}
     key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), 0)
-    levels = self.fn(variables, key, num=num, return_levels=True)
-    grid = image_io.levels_grid(levels, self.config.data.image_size)
+    levels = self.fn(variables, key, num=num, labels=labels, return_levels=True)
+    # The TensorBoard image shows every level of ~8 samples spread over the grid (and classes).
+    grid = image_io.levels_grid(
+      [x[:: max(1, num // 8)] for x in levels], self.config.data.image_size
+    )
     if jax.process_index() == 0:
       writer.write_images(step, {"samples/levels": grid[None]})
       name = "samples.png" if final else f"samples_{step:08d}.png"
       image_io.save_png_grid(
-        str(epath.Path(workdir) / name), np.asarray(levels[-1]), nrow=int(np.ceil(np.sqrt(num)))
+        str(epath.Path(workdir) / name), np.asarray(levels[-1]), nrow=GRID_SIDE
       )
 
 
