@@ -1,9 +1,12 @@
 """CPU demo: Fashion-MNIST padded to 32², small nets, class-conditional, 1200 steps on 2 cores.
 
 Command: python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdir=/tmp/udpm_demo
+(`bash launch/demo.sh` runs it after setting up .venv and the data, then `python -m udpm_jax.plot`).
 Data: the idx files of Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist;
-the README command installs it); with internet access `--config.data.source=tfds` uses TFDS.
-Ends with samples.png (EMA samples, one row per level) in the workdir.
+launch/demo.sh installs it, or DATA_DIR=DIR takes them from DIR); with internet access
+`--config.data.source=tfds` uses TFDS.
+Ends with samples.png (20 EMA samples) in the workdir; the plot command adds plots/ (learning
+curves, samples by class, and every level of a few samples).
 Hardware and expected result: 2 CPU cores, ~15 min (1200 steps, ~2.5 min of it compilation);
 FID-10k 239.8 at step 1200 (vs the first 10,000 training images; README "CPU demo" has the
 command, 57 min on the same cores). Inception runs at ~6 images/s there: evaluate with --batch=50.
