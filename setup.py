@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     # clu's metric writers and TFDS' tfds.load import TensorFlow; the CPU build is enough.
     "tensorflow-cpu>=2.16",
     "etils[epath]>=1.7",
+    # python -m udpm_jax.plot: learning curves and sample figures.
+    "matplotlib>=3.8",
 ]
 
 setup(
@@ -36,6 +38,12 @@ setup(
         # parity checks against reference implementations; our own reader needs no torch.
         "torch": ["torch>=2.2"],
     },
-    entry_points={"console_scripts": ["udpm-train=udpm_jax.main:run", "udpm-sample=udpm_jax.sample:run"]},
+    entry_points={
+        "console_scripts": [
+            "udpm-train=udpm_jax.main:run",
+            "udpm-sample=udpm_jax.sample:run",
+            "udpm-plot=udpm_jax.plot:run",
+        ]
+    },
     license="Apache-2.0",
 )

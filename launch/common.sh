@@ -27,3 +27,57 @@ cache_env() {  # cache_env WORKDIR: sets CACHE_ENV to the env assignment for the
   CACHE_ENV=()
   if [[ -n "$dir" ]]; then CACHE_ENV=("JAX_COMPILATION_CACHE_DIR=$dir"); fi
 }
+
+# ---- a fresh Debian/Ubuntu machine: system packages and the virtualenv ---------------------------
+# These helpers call only shell builtins besides the commands they print or run, so that dry runs
+# work with nothing but the probes (id, sudo, python3) on PATH.
+
+apt_install() {  # apt_install PKG...: installs Debian/Ubuntu packages, as root directly or via sudo
+  local prefix=()
+  if [[ "$(id -u)" != 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "error: this needs the Debian/Ubuntu package(s) $*, and installing them needs root" \
+        "(there is no sudo here). As root, run: apt-get update && apt-get install -y $*" >&2
+      exit 1
+    fi
+    prefix=(sudo)
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: this needs the Debian/Ubuntu package(s) $* and there is no apt-get here:" \
+      "install their equivalent with this system's package manager" >&2
+    exit 1
+  fi
+  run "${prefix[@]}" apt-get update
+  run "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+needs_python_venv() {  # needs_python_venv VENV: true when VENV is missing and python3 cannot make it
+  [[ ! -x "$1/bin/python" ]] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+# setup_venv VENV [EXTRAS]: creates VENV (python3 -m venv) unless it exists, and installs this
+# checkout into it (pip install -e ".[EXTRAS]") unless an install through this function left the
+# current setup.py in VENV (any install serves when no extras are asked for). Run from the
+# repository root.
+setup_venv() {
+  local venv="$1" extras="${2:-}" spec="." marker="$1/udpm_jax-installed.setup.py" m
+  local done_markers=("$venv"/udpm_jax-installed*.setup.py)
+  if [[ -n "$extras" ]]; then
+    spec=".[$extras]"
+    marker="$venv/udpm_jax-installed-$extras.setup.py"
+    done_markers=("$marker")
+  fi
+  if [[ ! -x "$venv/bin/python" ]]; then
+    run python3 -m venv "$venv"
+  else
+    for m in "${done_markers[@]}"; do
+      if [[ -f "$m" && "$(<"$m")" == "$(<setup.py)" ]]; then return 0; fi
+    done
+  fi
+  run "$venv/bin/python" -m pip install -e "$spec"
+  run cp setup.py "$marker"
+}
+
+absolute() {  # absolute PATH: PATH from the current directory (URLs such as gs://… unchanged)
+  if [[ "$1" == /* || "$1" == *://* ]]; then echo "$1"; else echo "$PWD/$1"; fi
+}

@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -117,3 +118,122 @@ def test_missing_settings_are_refused(script):
     check=False,
   )
   assert out.returncode == 2 and "is not set" in out.stderr
+
+
+# ---- launch/demo.sh and launch/venv.sh: a fresh Debian/Ubuntu machine ---------------------------
+
+DEB_DATA = "/usr/share/datasets/fashion-mnist"
+needs_no_deb_data = pytest.mark.skipif(
+  os.path.isdir(DEB_DATA), reason=f"{DEB_DATA} exists here, so the demo installs nothing"
+)
+
+
+def _fresh(tmp_path, script, *args, uid=0, sudo=False, python_venv=True, env=None):
+  """Dry run with only stubbed probes on PATH: `id -u` prints `uid`; `python3` can or cannot
+  make virtualenvs; `sudo` exists or not; apt-get and sudo fail if the script ever runs them."""
+  stubs = tmp_path / "bin"
+  stubs.mkdir(exist_ok=True)
+  for name, body in (
+    ("id", f"echo {uid}"),
+    ("python3", "exit 0" if python_venv else "exit 1"),
+    ("apt-get", "exit 99"),
+    ("sudo", "exit 99" if sudo else None),
+  ):
+    (stubs / name).unlink(missing_ok=True)
+    if body is not None:
+      (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+      (stubs / name).chmod(0o755)
+  base = {"PATH": str(stubs), "VENV": str(tmp_path / "venv"), "WORKDIR": str(tmp_path / "run")}
+  out = subprocess.run(
+    [shutil.which("bash"), str(REPO / "launch" / script), "--dry-run", *args],
+    env={**base, **(env or {})},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  return out.returncode, out.stdout.strip().splitlines(), out.stderr
+
+
+def _train_and_plot(tmp_path, *train_args):
+  v, w = tmp_path / "venv", tmp_path / "run"
+  env = f"+ env JAX_COMPILATION_CACHE_DIR={w}/jax_cache {v}/bin/python -m udpm_jax."
+  return [
+    f"{env}main --config=configs/fashion_mnist_demo.py --workdir={w}"
+    + "".join(f" {a}" for a in train_args),
+    f"{env}plot --workdir={w}",
+  ]
+
+
+def _new_venv(tmp_path, spec="."):
+  v = tmp_path / "venv"
+  return [
+    f"+ python3 -m venv {v}",
+    f"+ {v}/bin/python -m pip install -e {spec}",
+    f"+ cp setup.py {v}/udpm_jax-installed{'-test' if 'test' in spec else ''}.setup.py",
+  ]
+
+
+@needs_no_deb_data
+def test_demo_as_root_without_sudo_uses_apt_get_directly(tmp_path):
+  rc, lines, err = _fresh(tmp_path, "demo.sh", "--config.training.num_steps=60", uid=0)
+  assert rc == 0, err
+  assert lines == [
+    "+ apt-get update",
+    "+ env DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist",
+    *_new_venv(tmp_path),
+    *_train_and_plot(tmp_path, "--config.training.num_steps=60"),
+  ]
+
+
+@needs_no_deb_data
+def test_demo_as_a_user_goes_through_sudo_or_says_what_to_run(tmp_path):
+  rc, lines, err = _fresh(tmp_path, "demo.sh", uid=1000, sudo=True, python_venv=False)
+  assert rc == 0, err
+  assert lines[:2] == [
+    "+ sudo apt-get update",
+    "+ sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv "
+    "dataset-fashion-mnist",
+  ]
+  assert lines[2:] == _new_venv(tmp_path) + _train_and_plot(tmp_path)
+  rc, lines, err = _fresh(tmp_path, "demo.sh", uid=1000, sudo=False)
+  assert rc == 1 and lines == []
+  assert "As root, run: apt-get update && apt-get install -y dataset-fashion-mnist" in err
+
+
+def test_demo_with_data_and_installed_venv_sets_nothing_up(tmp_path):
+  data = tmp_path / "fashion"
+  data.mkdir()
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "python").write_text("#!/bin/sh\nexit 99\n")
+  (venv / "bin" / "python").chmod(0o755)
+  marker = venv / "udpm_jax-installed.setup.py"
+  marker.write_text((REPO / "setup.py").read_text())
+  rc, lines, err = _fresh(tmp_path, "demo.sh", uid=1000, env={"DATA_DIR": str(data)})
+  assert rc == 0, err
+  assert lines == _train_and_plot(tmp_path, f"--config.data.path={data}")
+  # TFDS data: no Debian package either; an install from another setup.py is redone.
+  marker.write_text("an older setup.py")
+  rc, lines, err = _fresh(tmp_path, "demo.sh", "--config.data.source=tfds", uid=1000)
+  assert rc == 0, err
+  assert lines == [
+    f"+ {venv}/bin/python -m pip install -e .",
+    f"+ cp setup.py {marker}",
+    *_train_and_plot(tmp_path, "--config.data.source=tfds"),
+  ]
+  # An install with the test extras serves the demo too.
+  (venv / "udpm_jax-installed-test.setup.py").write_text((REPO / "setup.py").read_text())
+  rc, lines, err = _fresh(tmp_path, "demo.sh", "--config.data.source=tfds", uid=1000)
+  assert rc == 0 and lines == _train_and_plot(tmp_path, "--config.data.source=tfds"), err
+  rc, lines, err = _fresh(tmp_path, "demo.sh", env={"DATA_DIR": str(tmp_path / "nowhere")})
+  assert rc == 2 and lines == [] and "DATA_DIR=" in err and "is not a directory" in err
+
+
+def test_venv_script_installs_python3_venv_and_extras(tmp_path):
+  rc, lines, err = _fresh(tmp_path, "venv.sh", "test", uid=1000, sudo=True, python_venv=False)
+  assert rc == 0, err
+  assert lines == [
+    "+ sudo apt-get update",
+    "+ sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv",
+    *_new_venv(tmp_path, r".\[test\]"),
+  ]

@@ -57,20 +57,29 @@ def save_pngs(directory, images, start_index: int, labels=None) -> list[str]:
   return paths
 
 
-def levels_grid(levels, size: int) -> np.ndarray:
-  """Rows = samples, columns = levels x_L … x_0, each upsampled (nearest) to side `size`.
+def level_tiles(levels, size: int) -> np.ndarray:
+  """[x_L, …, x_0] → (B, L+1, size, size, C) floats in [-1, 1], each level upsampled (nearest).
 
-  Returns float RGB in [0, 1]. Coarse levels live in wider ranges (H^l x_0 spans ±s^l with the
-  'norm' kernel), so each column is scaled into [-1, 1] before display.
+  Coarse levels live in wider ranges (H^l x_0 spans ±s^l with the 'norm' kernel), so each level is
+  divided by max(1, its largest magnitude over the batch) before display.
   """
-  cols = []
+  tiles = []
   for x in levels:
     x = np.asarray(x, np.float32)
     rep = size // x.shape[1]
     x = np.repeat(np.repeat(x, rep, axis=1), rep, axis=2)
-    cols.append(x / max(1.0, float(np.abs(x).max())))
-  grid = np.concatenate(cols, axis=2)  # (B, N, N·(L+1), C)
-  grid = np.concatenate(list(grid), axis=0)
-  if grid.shape[-1] == 1:
+    tiles.append(x / max(1.0, float(np.abs(x).max())))
+  return np.stack(tiles, axis=1)
+
+
+def levels_grid(levels, size: int) -> np.ndarray:
+  """Rows = samples, columns = levels x_L … x_0, each upsampled (nearest) to side `size`.
+
+  Returns float RGB in [0, 1], each level scaled into [-1, 1] as in `level_tiles`.
+  """
+  tiles = level_tiles(levels, size)  # (B, L+1, N, N, C)
+  b, n_levels, n, _, c = tiles.shape
+  grid = tiles.transpose(0, 2, 1, 3, 4).reshape(b * n, n_levels * n, c)
+  if c == 1:
     grid = np.repeat(grid, 3, axis=-1)
   return np.clip((grid + 1) / 2, 0, 1)

@@ -1,10 +1,12 @@
 """CPU demo: Fashion-MNIST padded to 32², small nets, class-conditional, 3200 steps on 2 cores.
 
-Command: launch/demo.sh (sets up a venv and the data, trains, plots), or
-python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdir=/tmp/udpm_demo
-Data: the idx files of Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist);
-with internet access `--config.data.source=tfds` uses TFDS.
-Ends with samples.png (EMA samples, one row per class) in the workdir.
+Command: python -m udpm_jax.main --config=configs/fashion_mnist_demo.py --workdir=/tmp/udpm_demo
+(`bash launch/demo.sh` runs it after setting up .venv and the data, then `python -m udpm_jax.plot`).
+Data: the idx files of Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist;
+launch/demo.sh installs it, or DATA_DIR=DIR takes them from DIR); with internet access
+`--config.data.source=tfds` uses TFDS.
+Ends with samples.png (EMA samples, one row per class) in the workdir; the plot command adds
+plots/ (learning curves, samples by class, and every level of a few samples).
 
 The forward process, the reverse chain and the losses are those of the paper configs; what differs
 is sized for ~15 minutes on 2 CPU cores, where the release's recipe leaves the coarse levels
