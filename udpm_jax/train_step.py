@@ -121,28 +121,36 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
   if any(w > 0 for w in lc.lpips) and lpips_fn is None:
     raise ValueError("loss.lpips has positive weights but no LPIPS function was given.")
 
-  def level_inputs(key, x0, level):
-    """x_l from the marginal and the normalised target H^{l-1} x0 / (Σw)^{l-1}."""
-    x_l = proc.q_sample(sched, x0, level, key)
+  def level_inputs(noise, x0, level):
+    """x_l from the marginal (given its standard normal draw) and the normalised target
+    H^{l-1} x0 / (Σw)^{l-1}."""
+    x_l = proc.q_sample(sched, x0, level, None, noise=noise)
     norm = kernel_sum ** (level - 1) if lc.normalize_inputs else 1.0
     return x_l, proc.H(sched, x0, level - 1) / norm, norm
 
-  def d_branch(level, d_params, state, batch, key, noise_std):
-    k_q, k_g, k_nr, k_nf, k_drop = jax.random.split(key, 5)
+  def forward_noise(key, x0, level):
+    """The standard normal draw behind x_l, as `proc.q_sample` makes it from `key`."""
+    mean = jax.eval_shape(lambda x: proc.q_mean(sched, x, level), x0)
+    return jax.random.normal(key, mean.shape, mean.dtype)
+
+  def d_loss(level, d_params, state, batch, noise, noise_std, dropout_key):
+    """D's loss at `level` given its draws: `noise` = {'x_l': the forward process's standard normal
+    (B, N_l, N_l, C); 'real', 'fake': D's instance noise before scaling by noise_std,
+    (B, N_{l-1}, N_{l-1}, C)}; `dropout_key` for D's masks."""
     x0, labels = batch["image"], batch["label"]
     t = jnp.full((x0.shape[0],), sched.t(level), jnp.float32)
     g_labels = labels if conditional_g else None
     d_labels = labels if conditional_d else None
-    x_l, gt, norm = level_inputs(k_q, x0, level)
+    x_l, gt, norm = level_inputs(noise["x_l"], x0, level)
     # The release runs G in eval mode for the D step (no dropout) and without gradient.
     fake = gen.apply({"params": state.g_params, **state.g_consts}, x_l, t, g_labels, train=False)
     fake = jax.lax.stop_gradient(fake.astype(jnp.float32)) / norm
-    real_in = gt + noise_std * jax.random.normal(k_nr, gt.shape)
-    fake_in = fake + noise_std * jax.random.normal(k_nf, fake.shape)
+    real_in = gt + noise_std * noise["real"]
+    fake_in = fake + noise_std * noise["fake"]
 
     # Two D calls, two dropout masks (the release calls D on fake and on real separately); the R1
     # penalty differentiates the real call itself, so it shares that call's mask.
-    k_drop_fake, k_drop_real = jax.random.split(k_drop)
+    k_drop_fake, k_drop_real = jax.random.split(dropout_key)
 
     def d_apply(img, dropout_key):
       return disc.apply(
@@ -173,13 +181,26 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
       "r1": r1,
     }
 
-  def g_branch(level, g_params, state, batch, key, noise_std, lpips_params):
-    k_q, k_drop, k_n = jax.random.split(key, 3)
+  def d_branch(level, d_params, state, batch, key, noise_std):
+    k_q, _, k_nr, k_nf, k_drop = jax.random.split(key, 5)  # (the second key is unused)
+    x0 = batch["image"]
+    side = (x0.shape[0], sched.side(level - 1), sched.side(level - 1), x0.shape[-1])
+    noise = {
+      "x_l": forward_noise(k_q, x0, level),
+      "real": jax.random.normal(k_nr, side),
+      "fake": jax.random.normal(k_nf, side),
+    }
+    return d_loss(level, d_params, state, batch, noise, noise_std, k_drop)
+
+  def g_loss(level, g_params, state, batch, noise, noise_std, lpips_params, dropout_key):
+    """G's loss at `level` given its draws: `noise` = {'x_l' as in d_loss; 'adv': D's instance
+    noise on the prediction before scaling, (B, N_{l-1}, N_{l-1}, C), or None where the level's
+    adversarial weight is 0}; `dropout_key` for G's dropout."""
     x0, labels = batch["image"], batch["label"]
     t = jnp.full((x0.shape[0],), sched.t(level), jnp.float32)
     g_labels = labels if conditional_g else None
     d_labels = labels if conditional_d else None
-    x_l, gt, norm = level_inputs(k_q, x0, level)
+    x_l, gt, norm = level_inputs(noise["x_l"], x0, level)
     pred = (
       gen.apply(
         {"params": g_params, **state.g_consts},
@@ -187,7 +208,7 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
         t,
         g_labels,
         train=True,
-        rngs={"dropout": k_drop},
+        rngs={"dropout": dropout_key},
       ).astype(jnp.float32)
       / norm
     )
@@ -195,7 +216,7 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     l1 = losses.l1(pred, gt)
     lp = jnp.mean(lpips_fn(lpips_params, pred, gt)) if wp > 0 else jnp.zeros(())
     if wa > 0:
-      fake_in = pred + noise_std * jax.random.normal(k_n, pred.shape)
+      fake_in = pred + noise_std * noise["adv"]
       logits = disc.apply(
         {"params": jax.lax.stop_gradient(state.d_params), **state.d_consts},
         fake_in,
@@ -208,6 +229,16 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
       adv = jnp.zeros(())
     loss = w1 * l1 + wp * lp + wa * adv
     return loss, {"g_loss": loss, "g_l1": l1, "g_lpips": lp, "g_adv": adv}
+
+  def g_branch(level, g_params, state, batch, key, noise_std, lpips_params):
+    k_q, k_drop, k_n = jax.random.split(key, 3)
+    x0 = batch["image"]
+    side = (x0.shape[0], sched.side(level - 1), sched.side(level - 1), x0.shape[-1])
+    noise = {
+      "x_l": forward_noise(k_q, x0, level),
+      "adv": jax.random.normal(k_n, side) if lc.adv[level - 1] > 0 else None,
+    }
+    return g_loss(level, g_params, state, batch, noise, noise_std, lpips_params, k_drop)
 
   d_grad_fns = [
     jax.value_and_grad(functools.partial(d_branch, l), has_aux=True) for l in range(1, L + 1)
@@ -290,7 +321,14 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     state, g_metrics = g_update(state, batch, lpips_params, level_g)
     return state, finish({**d_metrics, **g_metrics}, level_d, level_g)
 
-  parts = StepParts(d_update=d_update, g_update=g_update, draw_levels=draw_levels, finish=finish)
+  parts = StepParts(
+    d_update=d_update,
+    g_update=g_update,
+    draw_levels=draw_levels,
+    finish=finish,
+    d_loss=d_loss,
+    g_loss=g_loss,
+  )
   k = int(config.training.steps_per_dispatch)
   if k <= 1:
     return one_step, parts
@@ -303,12 +341,20 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
 
 @dataclasses.dataclass(frozen=True)
 class StepParts:
-  """The pieces of a step, for dispatching one compiled program per level from the host."""
+  """The pieces of a step, for dispatching one compiled program per level from the host.
+
+  `d_loss(level, d_params, state, batch, noise, noise_std, dropout_key)` and
+  `g_loss(level, g_params, state, batch, noise, noise_std, lpips_params, dropout_key)` are the
+  per-level losses with every random draw given (the updates draw them from the step key): for
+  checks against other implementations with injected noise.
+  """
 
   d_update: Any
   g_update: Any
   draw_levels: Any
   finish: Any
+  d_loss: Any
+  g_loss: Any
 
 
 # ---- the distributed setup -----------------------------------------------------------------------
