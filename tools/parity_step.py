@@ -181,19 +181,7 @@ def our_step(
   g_tx, d_tx = ts.make_optimizers(config)
   lpips_fn = lpips_lib.lpips_distance if any(w > 0 for w in config.loss.lpips) else None
   _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn)
-  g_vars, d_vars = dict(g_vars), dict(d_vars)
-  g_params, d_params = g_vars.pop("params"), d_vars.pop("params")
-  state = ts.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    g_params=g_params,
-    g_consts=g_vars,
-    g_opt=g_tx.init(g_params),
-    ema_params=g_params,
-    d_params=d_params,
-    d_consts=d_vars,
-    d_opt=d_tx.init(d_params),
-    key=jax.random.key_data(jax.random.PRNGKey(0)),
-  )
+  state = ts.state_from_variables(g_vars, d_vars, g_tx, d_tx, jax.random.PRNGKey(0))
   lc = config.loss
   noise_std = losses.d_noise_std(
     state.step, lc.d_noise_std, lc.d_noise_decay, lc.d_noise_decay_every

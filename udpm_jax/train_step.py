@@ -85,6 +85,11 @@ def init_state(config, key, gen, disc, g_tx, d_tx) -> TrainState:
   x0, _, _ = _dummy_inputs(config, sched, 0)
   d_labels = labels if config.discriminator.conditional else None
   d_vars = disc.init({"params": k_d, "dropout": k_d}, x0, t, d_labels, train=False)
+  return state_from_variables(g_vars, d_vars, g_tx, d_tx, k_run)
+
+
+def state_from_variables(g_vars, d_vars, g_tx, d_tx, key) -> TrainState:
+  """A step-0 state for given generator/discriminator variables: fresh optimisers, EMA = params."""
   g_params, g_consts = _split_vars(g_vars)
   d_params, d_consts = _split_vars(d_vars)
   return TrainState(
@@ -96,7 +101,7 @@ def init_state(config, key, gen, disc, g_tx, d_tx) -> TrainState:
     d_params=d_params,
     d_consts=d_consts,
     d_opt=d_tx.init(d_params),
-    key=jax.random.key_data(k_run),
+    key=jax.random.key_data(key),
   )
 
 
