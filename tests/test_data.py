@@ -204,3 +204,28 @@ def test_streamed_labels_are_checked_batch_by_batch():
   ):
     it = data.make_iterator(config, global_batch_size=16, seed=0, process_index=0, process_count=1)
     next(it)
+
+
+def test_prefetch_keeps_the_order_counts_the_wait_and_passes_errors_on():
+  import time
+
+  def slow(n, fail_at=None):
+    for i in range(n):
+      if i == fail_at:
+        raise data.DataError("record 3 is corrupt")
+      time.sleep(0.02)
+      yield {"i": i}
+
+  batches = data.Prefetch(slow(6), size=2)
+  assert [b["i"] for b in batches] == list(range(6))
+  assert 0.02 * 6 * 0.5 < batches.wait_s < 5  # the consumer did nothing, so it waited
+  with pytest.raises(StopIteration):
+    next(batches)
+  batches = data.Prefetch(slow(6, fail_at=3))
+  assert [next(batches)["i"] for _ in range(3)] == [0, 1, 2]
+  with pytest.raises(data.DataError, match="record 3 is corrupt"):
+    next(batches)
+  batches = data.Prefetch(slow(1000), size=2)
+  next(batches)
+  batches.close()
+  assert not batches._thread.is_alive()

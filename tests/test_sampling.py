@@ -60,6 +60,10 @@ def test_same_key_same_images_on_one_and_eight_devices():
   assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0.1
   # A count the devices do not divide (padded, then cut) gives the same images too.
   np.testing.assert_allclose(one(variables, key, num=6), eight(variables, key, num=6), atol=1e-6)
+  # ... and each device's program works on its 1/8 of the padded batch: 20 → 24 → 3 per device.
+  labels = jnp.zeros((20,), jnp.int32)
+  hlo = eight.program.lower(variables, key, 20, labels, None, False).compile().as_text()
+  assert "f32[3,16,16,3]" in hlo  # (without the padding, 20 images would run unsharded)
   # Fixed latents decode deterministically and equal the keyed draw.
   lat = sampling.sample_latents(one.schedule, jax.random.fold_in(key, 0), 16, 3)
   np.testing.assert_allclose(sampling.decode(eight, variables, lat), a, atol=1e-6)

@@ -55,7 +55,6 @@ def test_one_device_equals_eight_devices():
     assert a["level_d"] == b["level_d"] and a["level_g"] == b["level_g"]
     np.testing.assert_allclose(a["g_loss"], b["g_loss"], rtol=1e-5)
     np.testing.assert_allclose(a["d_loss"], b["d_loss"], rtol=1e-5)
-  # Both levels are drawn per step from the step key: over a few steps more than one appears.
   assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in m1)
 
 
@@ -80,6 +79,35 @@ def test_same_seed_same_result_and_scan_equals_single_steps():
   # (lax.switch inside the scan draws the same levels from the same keys as host dispatch.)
   for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(s_a)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_the_same_levels(
+  monkeypatch,
+):
+  config = _config(log_every=4)
+  mesh = ts.make_mesh(jax.devices()[:2])
+  gen, disc = toy_pair(config)
+  g_tx, d_tx = ts.make_optimizers(config)
+  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
+  step_fn = ts.jit_train_step(config, mesh, gen, disc, g_tx, d_tx)
+  draw = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx)[1].draw_levels)
+  # (JAX's transfer guard does not see fetches on the CPU backend, so fetches are counted.)
+  fetches = []
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: fetches.append(1) or device_get(x))
+  seen = set()
+  for s, b in enumerate(_batches(config, 8)):
+    expected = tuple(int(v) for v in device_get(draw(state)))  # the in-program draw
+    fetches.clear()
+    state, m = step_fn(state, ts.to_global_batch(b, mesh), None, step=s)
+    # One fetch of the key at the start, one of the level table per block of log_every steps.
+    assert len(fetches) == (2 if s == 0 else 1 if s % 4 == 0 else 0), (s, len(fetches))
+    assert (int(m["level_d"]), int(m["level_g"])) == expected
+    seen |= set(expected)
+  assert len(seen) > 1  # the test sees more than one level's programs
+  fetches.clear()
+  step_fn(state, ts.to_global_batch(b, mesh), None)  # without the step: read from the state
+  assert len(fetches) == 2  # the state's step (8), then the table of the block it starts
 
 
 def test_ema_is_the_hand_computation():

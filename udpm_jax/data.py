@@ -19,7 +19,10 @@ import io
 import json
 import os
 import pathlib
+import queue
 import struct
+import threading
+import time
 import zipfile
 from typing import Iterator
 
@@ -476,3 +479,57 @@ def load_arrays(config, split: str | None = None, limit: int | None = None):
     out_x.append(np.round((x + 1) * 127.5).astype(np.uint8))
     out_y.append(labels)
   return np.concatenate(out_x), np.concatenate(out_y).astype(np.int32)
+
+
+class Prefetch:
+  """Iterates `batches` in a background thread, up to `size` batches ahead, so that reading and
+  decoding overlap the device's work; the order is unchanged (one producer).
+
+  `wait_s` accumulates the time the consumer waited for a batch: near 0 when loading keeps up.
+  An error of the source is raised by the `next` that reaches it. `close()` stops the thread.
+  """
+
+  _END = object()
+
+  def __init__(self, batches: Iterator, size: int = 2):
+    self._batches, self._queue = batches, queue.Queue(maxsize=max(int(size), 1))
+    self._stop = threading.Event()
+    self.wait_s = 0.0
+    self._thread = threading.Thread(target=self._fill, name="udpm-prefetch", daemon=True)
+    self._thread.start()
+
+  def _fill(self):
+    try:
+      for item in self._batches:
+        if not self._put(item):
+          return
+      self._put(self._END)
+    except BaseException as e:  # noqa: BLE001  (handed to the consumer)
+      self._put(e)
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    start = time.perf_counter()
+    item = self._queue.get()
+    self.wait_s += time.perf_counter() - start
+    if item is self._END:
+      self._queue.put(item)  # every later call ends too
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=5)

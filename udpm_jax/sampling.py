@@ -95,9 +95,9 @@ def make_sample_fn(
 
   Returns images (num, N, N, C) clipped to [-1, 1] — or, with `return_levels`, the list
   [x_L, …, x_0] (x_0 clipped). The exact posterior is used unless `exact=False` or
-  config.process.exact_posterior is False. When `num` is divisible by the device count the batch is
-  sharded over all devices; the latents are drawn from `key` for the whole batch first, so the
-  images are the same for any number of devices.
+  config.process.exact_posterior is False. The batch is sharded over all devices (padded to a
+  multiple of their count, the padding dropped); the latents are drawn from `key` for the whole
+  batch first, so the images are the same for any number of devices. The result is replicated.
   """
   sched = proc.Schedule.from_config(config)
   denoise_fn = denoise_fn or _default_denoise_fn(config)
@@ -108,11 +108,21 @@ def make_sample_fn(
   def run(variables, key, num, labels, latents, return_levels):
     if latents is None:
       latents = sample_latents(sched, jax.random.fold_in(key, 0), num, channels)
-    if len(devices) > 1 and num % len(devices) == 0:
+    # Any `num` runs on every device: padded to a multiple of the device count, the padding's
+    # images dropped at the end. Every random draw is in the latents, drawn for `num` first, so
+    # the images do not depend on the device count.
+    pad = -num % len(devices)
+    if pad:
+      latents = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), latents)
+      labels = None if labels is None else jnp.pad(labels, (0, pad))
+    if len(devices) > 1:
       shard = NamedSharding(mesh, P("data"))
-      latents = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, shard), latents)
+      latents, labels = jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, shard), (latents, labels)
+      )
     levels = decode_levels(sched, denoise_fn, variables, latents, labels, exact)
     levels[-1] = jnp.clip(levels[-1], -1.0, 1.0)
+    levels = [x[:num] for x in levels]
     return levels if return_levels else levels[-1]
 
   jitted = jax.jit(
@@ -135,6 +145,7 @@ def make_sample_fn(
     return jitted(variables, key, num, labels, latents, return_levels)
 
   sample.schedule = sched
+  sample.program = jitted  # the jitted chain, (variables, key, num, labels, latents, return_levels)
   return sample
 
 

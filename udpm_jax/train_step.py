@@ -315,6 +315,15 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     k_ld, k_lg, _, _ = step_keys(state)
     return draw_level(k_ld), draw_level(k_lg)
 
+  def draw_levels_for_steps(key_data, steps):
+    """(level_d, level_g) of each of `steps`, as `draw_levels` draws them from a state at that
+    step: both depend only on the run's key (constant through training) and the step."""
+
+    def one(step):
+      return draw_levels(TrainState(step, *([None] * 7), key=key_data))
+
+    return jax.vmap(one)(steps)
+
   def finish(metrics, level_d, level_g):
     metrics = {**metrics, "level_d": level_d, "level_g": level_g}
     metrics["finite"] = jnp.isfinite(metrics["g_loss"]) & jnp.isfinite(metrics["d_loss"])
@@ -330,6 +339,7 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
     d_update=d_update,
     g_update=g_update,
     draw_levels=draw_levels,
+    draw_levels_for_steps=draw_levels_for_steps,
     finish=finish,
     d_loss=d_loss,
     g_loss=g_loss,
@@ -357,6 +367,7 @@ class StepParts:
   d_update: Any
   g_update: Any
   draw_levels: Any
+  draw_levels_for_steps: Any
   finish: Any
   d_loss: Any
   g_loss: Any
@@ -393,12 +404,36 @@ def jit_train_step(config, mesh, gen, disc, g_tx, d_tx, lpips_fn=None):
   rep, data_sharding = replicated(mesh), batch_sharding(mesh, scan)
   mode = config.training.get("level_dispatch", "host")
   if mode == "switch" or scan:
-    return jax.jit(
+    jitted = jax.jit(
       step, in_shardings=(rep, data_sharding, rep), out_shardings=(rep, rep), donate_argnums=(0,)
     )
+
+    def device_step(state, batch, lpips_params, step=None):
+      del step  # the levels are drawn inside the program, from the state's step
+      return jitted(state, batch, lpips_params)
+
+    return device_step
   if mode != "host":
     raise ValueError(f"training.level_dispatch={mode!r}; valid: 'host', 'switch'.")
-  levels = jax.jit(parts.draw_levels, in_shardings=(rep,), out_shardings=rep)
+  draws = jax.jit(parts.draw_levels_for_steps, in_shardings=(rep, rep), out_shardings=rep)
+  block = max(1, min(int(config.training.log_every), 4096))
+  cache = {"key": None, "first": None, "levels": None}
+
+  def levels_at(state, step):
+    """The step's two levels, from host-side tables of `block` steps: one small device program
+    and one fetch per block, made at block starts (log steps) — never a fetch between them."""
+    if step is None:  # a caller that does not track the step: read it (a sync)
+      step = int(jax.device_get(state.step))
+    first = step - step % block
+    if cache["key"] is None:
+      cache["key"] = np.asarray(jax.device_get(state.key))  # constant: fetched once
+    if cache["first"] != first:
+      steps = np.arange(first, first + block, dtype=np.int32)
+      cache["levels"] = np.asarray(jax.device_get(draws(cache["key"], steps)))
+      cache["first"] = first
+    level_d, level_g = cache["levels"][:, step - first]
+    return int(level_d), int(level_g)
+
   d_jit = {
     l: jax.jit(
       functools.partial(parts.d_update, level_d=l),
@@ -418,8 +453,9 @@ def jit_train_step(config, mesh, gen, disc, g_tx, d_tx, lpips_fn=None):
     for l in range(1, config.process.levels + 1)
   }
 
-  def host_step(state, batch, lpips_params):
-    level_d, level_g = (int(v) for v in jax.device_get(levels(state)))
+  def host_step(state, batch, lpips_params, step=None):
+    """One update of a state at `step` (give it: the host tracks it, so no fetch is made)."""
+    level_d, level_g = levels_at(state, step)
     state, d_metrics = d_jit[level_d](state, batch)
     state, g_metrics = g_jit[level_g](state, batch, lpips_params)
     return state, parts.finish({**d_metrics, **g_metrics}, jnp.int32(level_d), jnp.int32(level_g))
