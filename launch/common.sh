@@ -14,6 +14,27 @@ run() {
   fi
 }
 
+# The training command exits with 75 (EX_TEMPFAIL) when a signal stopped it after saving the step
+# it reached (SIGTERM: preemption, `docker stop`, scancel; SIGUSR1: a time limit near; SIGINT): the
+# same command resumes it exactly. 0 = finished, 1 = an error it explained, others = a crash.
+EXIT_PREEMPTED=75
+
+train() {  # train CMD...: runs the training command; after a stop on a signal, requeues a SLURM
+  # job (SLURM_JOB_ID set) or says how to resume, and passes the exit status on otherwise
+  local status=0
+  run "$@" || status=$?
+  if [[ "$status" == "$EXIT_PREEMPTED" ]]; then
+    if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+      echo "training saved its step and stopped on a signal: requeueing job $SLURM_JOB_ID" >&2
+      run scontrol requeue "$SLURM_JOB_ID"
+      return 0
+    fi
+    echo "training saved its step and stopped on a signal: run the same command again to" \
+      "resume it" >&2
+  fi
+  return "$status"
+}
+
 need() {  # need NAME VALUE: refuse to launch with a missing setting
   if [[ -z "$2" ]]; then echo "error: $1 is not set (see the header of $0)" >&2; exit 2; fi
 }

@@ -40,6 +40,6 @@ if ((${#PACKAGES[@]})); then apt_install "${PACKAGES[@]}"; fi
 setup_venv "$VENV"
 
 cache_env "$WORKDIR"
-run env "${CACHE_ENV[@]}" "$VENV/bin/python" -m udpm_jax.main \
+train env "${CACHE_ENV[@]}" "$VENV/bin/python" -m udpm_jax.main \
   --config=configs/fashion_mnist_demo.py --workdir="$WORKDIR" "${DATA_ARGS[@]}" "${ARGS[@]}"
 run env "${CACHE_ENV[@]}" "$VENV/bin/python" -m udpm_jax.plot --workdir="$WORKDIR"

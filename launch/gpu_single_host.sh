@@ -10,5 +10,5 @@ CONFIG="${CONFIG:-configs/cifar10.py}"
 # Let XLA take most of the GPU memory up front and overlap collectives with compute.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 cache_env "$WORKDIR"
-run env "${CACHE_ENV[@]}" python3 -m udpm_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
+train env "${CACHE_ENV[@]}" python3 -m udpm_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
   "${ARGS[@]}"

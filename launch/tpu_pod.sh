@@ -27,4 +27,4 @@ run tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude=./workdirs --excl
   -czf "$ARCHIVE" .
 run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU_NAME":udpm_jax_src.tar.gz --zone="$ZONE" --worker=all
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$SETUP"
-run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$TRAIN"
+train gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$TRAIN"

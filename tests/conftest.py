@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import subprocess
 import tempfile
 
 # Must happen before JAX initialises its backends.
@@ -36,3 +38,28 @@ def assets() -> pathlib.Path:
   if path is None:
     pytest.skip("shared assets not found (set UDPM_ASSETS or place them at ../shared/assets)")
   return path
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> pathlib.Path:
+  """An uninterrupted 8-step run of configs/test.py (tests.runs.train_cli), trained once for the
+  whole session: the xdist workers share it through a file lock. Read it, never write into it."""
+  import filelock
+
+  from tests import runs
+
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  workdir, done = root / "reference_run", root / "reference_run.done"
+  with filelock.FileLock(str(root / "reference_run.lock")):
+    if not done.exists():
+      shutil.rmtree(workdir, ignore_errors=True)
+      subprocess.run(
+        runs.train_cli(workdir),
+        env=runs.subprocess_env(),
+        check=True,
+        capture_output=True,
+        timeout=900,
+      )
+      done.write_text("")
+  return workdir

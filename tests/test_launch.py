@@ -44,15 +44,15 @@ def test_slurm_dry_run_uses_distributed_init():
     "python3 -m udpm_jax.main --jax_distributed --config=configs/cifar10.py --workdir=/shared/w"
   ]
   # jax.distributed.initialize() on SLURM gives each process the one GPU of its SLURM_LOCALID:
-  # one task per GPU, or a node's other GPUs sit idle. No signal the trainer does not handle
-  # (SIGUSR1's default action would kill the job before its time limit).
+  # one task per GPU, or a node's other GPUs sit idle. SIGUSR1 before the time limit, which the
+  # trainer handles (save, exit 75, requeue).
   directives = dict(
     line[len("#SBATCH --") :].split("=", 1)
     for line in (REPO / "launch" / "slurm.sbatch").read_text().splitlines()
     if line.startswith("#SBATCH --") and "=" in line
   )
   assert directives["ntasks-per-node"] == directives["gpus-per-node"] == "8"
-  assert "signal" not in directives
+  assert directives["signal"] == "USR1@300"
   # An explicit cache directory is used as given; an empty one turns the cache off.
   _, lines, _ = _dry("slurm.sbatch", {"WORKDIR": "/shared/w", "JAX_COMPILATION_CACHE_DIR": "/c"})
   assert " env JAX_COMPILATION_CACHE_DIR=/c python3 " in lines[0]
@@ -237,3 +237,30 @@ def test_venv_script_installs_python3_venv_and_extras(tmp_path):
     "+ sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv",
     *_new_venv(tmp_path, r".\[test\]"),
   ]
+
+
+def test_slurm_requeues_a_run_stopped_by_a_signal_and_passes_errors_on(tmp_path):
+  """With stub srun/scontrol: exit status 75 (saved and stopped) → `scontrol requeue JOB`, exit 0;
+  any other failure is the job's exit status, with no requeue."""
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  (stubs / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+  for status in (75, 1):
+    (stubs / "srun").write_text(f"#!/bin/sh\nexit {status}\n")
+    for f in stubs.iterdir():
+      f.chmod(0o755)
+    env = {
+      "PATH": f"{stubs}:/usr/bin:/bin",
+      "WORKDIR": "/shared/w",
+      "SLURM_JOB_ID": "4242",
+      "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    done = subprocess.run(
+      ["bash", str(REPO / "launch" / "slurm.sbatch")], env=env, capture_output=True, text=True
+    )
+    log = tmp_path / "scontrol.log"
+    if status == 75:
+      assert done.returncode == 0, done.stderr
+      assert log.read_text() == "requeue 4242\n" and "requeueing job 4242" in done.stderr
+    else:
+      assert done.returncode == 1 and log.read_text() == "requeue 4242\n"  # no second requeue

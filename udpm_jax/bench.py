@@ -315,7 +315,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags, logging
 
+from udpm_jax import cli
+
 
 def _define_flags():
   """CLI flags, defined only when this module runs as a program (so that importing the
@@ -457,7 +459,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

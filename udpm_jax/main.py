@@ -11,6 +11,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from udpm_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
 )
@@ -42,7 +44,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
+from udpm_jax import cli
+
 # The labels of known datasets (config.data.name); other runs are labelled by class index.
 CLASS_NAMES = {
   "fashion_mnist": (
@@ -439,7 +441,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

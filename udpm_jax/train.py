@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
-from udpm_jax import checkpoint, data
+from udpm_jax import checkpoint, data, preemption
 from udpm_jax import configs as configs_lib
 from udpm_jax import train_step as ts
 
@@ -71,13 +71,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   key = jax.random.PRNGKey(config.seed)
 
   # Everything that can fail on bad input runs before the first write, so a bad data path or a
-  # mismatched checkpoint leaves an existing workdir exactly as it was.
-  start_step, state = 0, None
-  if checkpoint.all_steps(workdir):
-    checkpoint.check_resumable(workdir, config, batch_size)
-    reader = checkpoint.make_manager(workdir, config, read_only=True)
-    start_step, state = checkpoint.restore_state(reader, jax.eval_shape(init_fn, key))
-    reader.close()
+  # mismatched checkpoint leaves an existing workdir exactly as it was. (Damaged steps are moved
+  # aside once an older good one is found: that is the one write made here, and the one wanted.)
+  abstract_state = jax.eval_shape(init_fn, key)
+  start_step, state = checkpoint.restore_for_resume(workdir, config, batch_size, abstract_state)
   start_step = int(start_step)
   if start_step > num_steps:
     raise ValueError(
@@ -101,6 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  batches = data.Prefetch(batches, size=2 * k)  # loading overlaps the device's work
 
   lpips_params = ts.load_lpips_params(config)
   # Saved with the global batch size resolved: with batch_size=0 it depends on the device count,
@@ -109,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   saved_config.training.batch_size = batch_size
 
   workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.check_writable(workdir, checkpoint.tree_nbytes(abstract_state))
   manager = checkpoint.make_manager(workdir, config)
   if state is None:
     state = init_fn(key)
@@ -124,35 +123,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   sampler = _GridSampler(config)
   evaluator = _Evaluator(config, workdir, writer, sampler)
   monitor = StalledLevelMonitor()
-  pending = []  # device metrics not yet fetched (fetching every step would stall dispatch)
+  # Device metrics not yet fetched: the loop reads nothing from the devices between log steps
+  # (the step count is tracked here, the levels come from host tables), so dispatch runs ahead.
+  pending = []
   last_good = start_step
+  wait_logged = 0.0  # batches.wait_s at the last log step
 
-  try:
-    with metric_writers.ensure_flushes(writer):
-      step = start_step
-      while step < num_steps:
-        local = _next_batch(batches, k)
-        state, metrics = step_fn(state, ts.to_global_batch(local, mesh, k > 1), lpips_params)
-        pending.append(metrics)
-        step += k
-        progress(step)
-        is_last = step >= num_steps
-        save_now = manager.should_save(step) or is_last
-        if step % t.log_every < k or save_now:
-          # Raises NonFiniteLossError before any save.
-          _write_metrics(writer, step, pending, monitor)
-          pending = []
-        if save_now:
-          checkpoint.save(manager, step, state, saved_config, force=is_last)
-          last_good = step
-        if t.eval_every and step % t.eval_every < k:
-          evaluator(step, state)
-        if t.sample_every and step % t.sample_every < k and not is_last:
-          sampler.write(writer, workdir, step, state)
-  finally:
-    # Completes pending async saves even when the loop stops on an error (e.g. a NaN).
-    manager.wait_until_finished()
-  sampler.write(writer, workdir, num_steps, state, final=True)
+  # Stop signals are caught from here to the end: one arriving after the last step's save lets
+  # the final grid be written, as there is nothing left to save.
+  with preemption.StopRequests() as stop:
+    try:
+      with metric_writers.ensure_flushes(writer):
+        step = start_step
+        while step < num_steps:
+          local = _next_batch(batches, k)
+          state, metrics = step_fn(
+            state, ts.to_global_batch(local, mesh, k > 1), lpips_params, step=step
+          )
+          pending.append(metrics)
+          step += k
+          progress(step)
+          is_last = step >= num_steps
+          save_now = manager.should_save(step) or is_last
+          at_log_step = step % t.log_every < k or save_now
+          stop_signal = None if is_last else stop.should_stop(step, at_log_step)
+          if at_log_step or stop_signal:
+            # Raises NonFiniteLossError before any save.
+            waited, wait_logged = batches.wait_s - wait_logged, batches.wait_s
+            _write_metrics(writer, step, pending, monitor, data_wait_s=waited)
+            pending = []
+          if save_now or stop_signal:
+            checkpoint.save(manager, step, state, saved_config, force=is_last or bool(stop_signal))
+            last_good = step
+          if stop_signal:
+            checkpoint.finish_pending(manager)  # synchronous: the process is about to go
+            logging.warning("%s: saved step %d in %s.", stop_signal, step, workdir)
+            raise preemption.Preempted(step, stop_signal)
+          if t.eval_every and step % t.eval_every < k:
+            evaluator(step, state)
+          if t.sample_every and step % t.sample_every < k and not is_last:
+            sampler.write(writer, workdir, step, state)
+        checkpoint.finish_pending(manager)
+    finally:
+      # Completes pending async saves even when the loop stops on an error (e.g. a NaN); an error
+      # of the save itself is raised by finish_pending above, not here over the first error.
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001
+        logging.error("Waiting for the last checkpoint save failed: %s", e)
+      manager.close()
+      batches.close()
+    sampler.write(writer, workdir, num_steps, state, final=True)
   logging.info("Finished at step %d (last checkpoint %d).", num_steps, last_good)
   return state
 
@@ -204,8 +225,9 @@ class StalledLevelMonitor:
     return warned_now
 
 
-def _write_metrics(writer, step, pending, monitor=None):
-  """Averages buffered metrics, per level, and stops the run on non-finite losses."""
+def _write_metrics(writer, step, pending, monitor=None, data_wait_s=None):
+  """Averages buffered metrics, per level, and stops the run on non-finite losses. `data_wait_s`,
+  the time the loop waited for input over these steps, is logged per step as data_wait_ms."""
   host = jax.device_get(pending)
   rows = []
   for m in host:  # with steps_per_dispatch > 1 each leaf has a leading axis
@@ -229,6 +251,8 @@ def _write_metrics(writer, step, pending, monitor=None):
       for level, values in by_level.items():
         scalars[f"{name}/level_{level}"] = float(np.mean(values))
   scalars["d_noise_std"] = float(rows[-1]["d_noise_std"])
+  if data_wait_s is not None:
+    scalars["data_wait_ms"] = 1000.0 * data_wait_s / len(rows)
   writer.write_scalars(step, scalars)
   if monitor is not None:
     monitor.update(step, scalars)
