@@ -1,11 +1,13 @@
 """The compute report: UDPM's sampling cost claim checked on the tiny config's real network."""
 
 import numpy as np
+import pytest
 
 import udpm_jax
 from udpm_jax import bench
 
 
+@pytest.mark.slow
 def test_sampler_costs_under_a_third_of_one_full_resolution_call():
   config = udpm_jax.configs.get_config("test")
   r = bench.report(config, batch=4, repeats=1)
@@ -20,6 +22,7 @@ def test_sampler_costs_under_a_third_of_one_full_resolution_call():
   assert np.isfinite(r["sampling"]["images_per_second"]) and r["sampling"]["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_training_report_measures_every_level_and_reports_progress():
   config = udpm_jax.configs.get_config("test")
   snapshots = []

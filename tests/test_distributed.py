@@ -7,9 +7,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 from udpm_jax import checkpoint
+
+pytestmark = pytest.mark.slow  # subprocess training runs (see tests/run.sh)
 
 
 def _start(process_id, num_processes, port, workdir, devices):

@@ -32,6 +32,7 @@ def test_stop_requests_turn_signals_into_a_flag_and_restore_the_handlers():
     os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_reached_and_the_resumed_run_is_bit_exact(reference_run, tmp_path):
   # Signalled as soon as step `trigger` is logged (every step is, here) plus a random delay:
   # the run finishes its step, saves it, and exits with EXIT_PREEMPTED.
@@ -92,6 +93,7 @@ def _resume_target(workdir):
 @pytest.mark.parametrize(
   "kind", ["flipped byte", "truncated file", "missing file", "empty step directory"]
 )
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_used(
   reference_run, tmp_path, kind
 ):
@@ -111,6 +113,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_used(
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_all_damaged_is_one_error_that_moves_nothing(reference_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
@@ -134,6 +137,7 @@ def test_all_damaged_is_one_error_that_moves_nothing(reference_run, tmp_path):
   assert (root / "8").exists() and not (root / "corrupt_8").exists()
 
 
+@pytest.mark.slow
 def test_training_resumes_past_a_damaged_checkpoint_to_the_same_weights(reference_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
@@ -158,6 +162,7 @@ def test_unwritable_or_full_workdir_is_refused_before_training(tmp_path, monkeyp
     checkpoint.check_writable(tmp_path, 5 * 2**20)
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_for_space_leaves_the_previous_checkpoints_intact(
   reference_run, tmp_path
 ):
@@ -191,6 +196,7 @@ def _bytes_read() -> int:
     return int(dict(line.split(": ") for line in f.read().splitlines())["rchar"])
 
 
+@pytest.mark.slow
 def test_notebook_restore_reads_only_the_generator(reference_run):
   _, config = checkpoint.load_config(reference_run)
   _, _, init_fn, _ = ts.build(config, ts.make_mesh(jax.devices()[:1]))
@@ -208,6 +214,7 @@ def test_notebook_restore_reads_only_the_generator(reference_run):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_fault_soak_three_interruptions_end_bit_identical(reference_run, tmp_path):
   """tools/fault_soak.py at CI size: SIGTERM, kill -9 mid-save and kill -9 at a random step."""
   from tools import fault_soak

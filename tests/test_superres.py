@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import udpm_jax
 from udpm_jax import data, models, superres
@@ -32,6 +33,7 @@ def _tiny_fashion_config(assets):
   return config
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_beats_nearest_neighbour_on_held_out_images(assets):
   """Level-1 L1 training (the generator's job at that level) for 150 steps, then 2× SR."""
   config = _tiny_fashion_config(assets)

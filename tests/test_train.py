@@ -18,6 +18,8 @@ from udpm_jax import checkpoint, data, evaluate, inception, train
 from udpm_jax import process as proc
 from udpm_jax import train_step as ts
 
+pytestmark = pytest.mark.slow  # subprocess training runs (see tests/run.sh)
+
 
 def test_killed_runs_resume_bit_exactly(reference_run, tmp_path):
   ckpt = tmp_path / "checkpoints"

@@ -206,6 +206,7 @@ def test_lpips_weight_without_function_is_refused():
     ts.make_train_step(config, gen, disc, *ts.make_optimizers(config))
 
 
+@pytest.mark.slow
 def test_discriminator_draws_separate_dropout_masks_for_real_and_fake(monkeypatch):
   """The release calls D twice (fake, real) in training mode: independent dropout masks. With
   dropout on the logit (the release's quirk) a dropped logit is exactly 0, so equal zero patterns
