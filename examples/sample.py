@@ -47,7 +47,7 @@ image_io.save_png(
 
 # %% [markdown]
 # Latents: the per-level Gaussian maps. The same latents always decode to the same images, so
-# interpolating latents walks between images (variance-preserving mix, spec §6).
+# interpolating latents walks between images (variance-preserving mix).
 
 # %%
 sched = proc.Schedule.from_config(config)

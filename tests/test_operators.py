@@ -54,7 +54,7 @@ def test_box_norm_is_scaled_average_pool_and_adjoint_is_replication(scale):
 
 @pytest.mark.parametrize("scale,norm", [(2, "norm"), (2, "sum"), (3, "norm"), (4, "sum")])
 def test_powers_are_scaled_average_pools(scale, norm):
-  """H^k = (w0 s²)^k avgpool_{s^k} for the box kernel (spec §1)."""
+  """H^k = (w0 s²)^k avgpool_{s^k} for the box kernel."""
   k = ops.make_kernel("box", scale, norm)
   w0 = k[0, 0]
   side = scale**3

@@ -160,7 +160,7 @@ def test_monte_carlo_marginal_and_posterior_statistics():
 
 def test_scalar_posterior_differs_exactly_as_spec_says():
   """The authors' scalar Σ: exact on block-constant images; detail of mean shrunk by b/(a+b),
-  detail noise std scaled by σ_l/σ̃_l (spec §3.2)."""
+  detail noise std scaled by σ_l/σ̃_l."""
   sched = P.Schedule.create((0.9, 0.8), (0.2, 0.3), ops.make_kernel("box", 2), 2, 8)
   level = 2
   a = sched.alphas[level] ** 2 / sched.sigmas[level] ** 2
@@ -193,7 +193,7 @@ def test_scalar_posterior_differs_exactly_as_spec_says():
   wide = P.Schedule.create((0.5,), (0.1,), ops.make_kernel("gaussian", 2, size=5), 2, 8)
   with pytest.raises(ValueError, match="Lemma 1"):
     P.posterior_mean(wide, jnp.ones((1, 4, 4, 1)), jnp.ones((1, 8, 8, 1)), 1, exact=False)
-  # The marginal and the prior take exact=False too (API.md): for Lemma-1 kernels they are scalar
+  # The marginal and the prior take exact=False too (docs/api.md): for Lemma-1 kernels they are scalar
   # in both forms, so the draws are equal; other kernels refuse the scalar form.
   key, x0 = jax.random.PRNGKey(3), jnp.asarray(rng.standard_normal((1, 8, 8, 1)), jnp.float32)
   np.testing.assert_array_equal(

@@ -1,7 +1,7 @@
 """Records the PyPI `lpips` package's distances on the real image pairs of tests/lpips_reference.py.
 
 Needs torch, torchvision (the release matching torch) and lpips==0.1.4, plus the shared assets
-(UDPM_ASSETS or ../shared/assets). Writes tests/data/lpips_package_values.json (numbers only), so
+(the folder UDPM_ASSETS names). Writes tests/data/lpips_package_values.json (numbers only), so
 CI checks our LPIPS against the package without the package, and prints how far ours is from it:
 
   python tools/make_lpips_fixture.py [--check]   # --check: compare only, write nothing

@@ -1,4 +1,4 @@
-"""Loss terms of UDPM training (spec §5): L1, non-saturating GAN, R1, and the D input noise schedule.
+"""Loss terms of UDPM training: L1, non-saturating GAN, R1, and the D input noise schedule.
 
 Pure functions of arrays; the networks are passed in as apply-closures by the train step.
 """

@@ -1,6 +1,6 @@
 """The degradation operator H = S_s W and its exact adjoint, as pure functions on NHWC arrays.
 
-Convention (spec §1). For a K×K kernel k and stride s,
+Convention. For a K×K kernel k and stride s,
 
     (H x)[i, j] = Σ_{a,b} k[a, b] · x[(s·i + a − c) mod N, (s·j + b − c) mod N],  c = max(K − s, 0) // 2.
 
@@ -168,7 +168,7 @@ def HT_pow(y: jax.Array, kernel, scale: int, power: int) -> jax.Array:
   return y
 
 
-# ---- Fourier machinery for periodic kernels (spec §3.4) -----------------------------------------
+# ---- Fourier machinery for periodic kernels -----------------------------------------------
 
 
 def kernel_power_spectrum(kernel, size: int) -> np.ndarray:

@@ -1,16 +1,16 @@
-"""The UDPM forward process, its exact posterior, and exact sampling (spec §2–3).
+"""The UDPM forward process, its exact posterior, and exact sampling.
 
 Everything is a pure function of a small immutable, hashable `Schedule` (usable as a static
 argument of `jax.jit`) and explicit PRNG keys. Levels are Python ints 1..L (shapes depend on them).
 
 Two regimes, chosen by the kernel:
 * Lemma 1 (support ≤ s, the paper's box kernel): H Hᵀ = ‖w‖² I, every marginal covariance is
-  σ̃_l² I, and the posterior has the closed (Woodbury) form of spec §3.1 with exact square root §3.3.
+  σ̃_l² I, and the posterior has a closed (Woodbury) form with an exact square root.
 * Wider kernels with periodic boundaries: marginal covariances are circulant; we carry their
   eigenvalues level by level (`Schedule.marginal_spectrum`) and apply Σ_l exactly with Woodbury and
-  one low-resolution FFT; samples are exact by Matheron's rule (spec §3.4).
+  one low-resolution FFT; samples are exact by Matheron's rule.
 
-`exact=False` reproduces the authors' release, which replaces Σ_l by the scalar 1/(a+b) (spec §3.2);
+`exact=False` reproduces the authors' release, which replaces Σ_l by the scalar 1/(a+b);
 it is defined for Lemma-1 kernels only.
 """
 

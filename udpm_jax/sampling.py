@@ -1,4 +1,4 @@
-"""Sampling: the jitted sampler, latents and latent tools, and super-resolution (spec §3.5, §6).
+"""Sampling: the jitted sampler, latents and latent tools, and super-resolution.
 
 A latent is the tuple of standard normal maps (e_L, e_{L−1}, …, e_1): e_L makes the prior draw x_L,
 and e_l (l < L) is the noise of the posterior draw that produces x_l. Decoding a latent is
@@ -171,7 +171,7 @@ def interpolate(
   etas: Sequence[float] = (1.0,),
   deltas: Sequence[float] = np.linspace(1, 0, 5),
 ):
-  """Variance-preserving interpolation on a grid (spec §6), batch order (eta, delta, sample).
+  """Variance-preserving interpolation on a grid, batch order (eta, delta, sample).
 
   Two latents: e(δ) = δ e_a + √(1−δ²) e_b (etas ignored). Four latents:
   e(η, δ) = η(δ e_a + √(1−δ²) e_b) + √(1−η²)(δ e_c + √(1−δ²) e_d). Each input holds the same number

@@ -1,6 +1,6 @@
 """Default UDPM configuration: the shared base every experiment card overrides.
 
-The values are those of the authors' CIFAR10 run (spec §2, §4, §5); per-dataset cards change
+The values are those of the authors' CIFAR10 run; per-dataset cards change
 only what differs. Not meant to be trained as is: use one of the dataset cards.
 """
 

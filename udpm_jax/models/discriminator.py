@@ -1,4 +1,4 @@
-"""The UDPM discriminator: a DDGAN-style, level-conditioned residual network (spec §5).
+"""The UDPM discriminator: a DDGAN-style, level-conditioned residual network.
 
 It scores the level-(l−1) image at its own resolution (side N down to N/s^{L−1}), conditioned on
 the level's t_l through a sinusoidal embedding (plus a class embedding when class-conditional).
