@@ -5,39 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import sys
 import time
 
 import jax
 import numpy as np
 
-from tests.conftest import REPO
+from tools import fault_soak
 from udpm_jax import checkpoint
 
 
 def train_cli(workdir, *overrides) -> list[str]:
   """The training command for an 8-step run of configs/test.py checkpointed every 2 steps."""
-  return [
-    sys.executable,
-    "-m",
-    "udpm_jax.main",
-    f"--config={REPO}/configs/test.py",
-    f"--workdir={workdir}",
-    "--config.training.num_steps=8",
-    "--config.training.ckpt_every=2",
-    *overrides,
-  ]
+  return fault_soak.train_command(workdir, 8, 2, *overrides)
 
 
-def subprocess_env() -> dict:
-  # One device and compile-light XLA for the subprocess runs (the same for every run, so their
-  # programs, and hence their results, are identical).
-  return {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "XLA_FLAGS": "--xla_backend_optimization_level=0",
-  }
+subprocess_env = fault_soak.subprocess_env
 
 
 def tree_digests(workdir) -> dict[str, str]:

@@ -30,12 +30,18 @@ def _batches(config, n, seed=0):
   ]
 
 
-def _run(config, devices, batches):
+def _setup(config, devices):
+  """(mesh, state at seed 0, jitted step, the step's parts) with the toy networks."""
   mesh = ts.make_mesh(devices)
   gen, disc = toy_pair(config)
   g_tx, d_tx = ts.make_optimizers(config)
   state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
   step = ts.jit_train_step(config, mesh, gen, disc, g_tx, d_tx)
+  return mesh, state, step, ts.make_train_step(config, gen, disc, g_tx, d_tx)[1]
+
+
+def _run(config, devices, batches):
+  mesh, state, step, _ = _setup(config, devices)
   metrics = []
   for b in batches:
     state, m = step(state, ts.to_global_batch(b, mesh), None)
@@ -67,11 +73,7 @@ def test_same_seed_same_result_and_scan_equals_single_steps():
     np.testing.assert_array_equal(a, b)
   # Two updates per dispatch through lax.scan give the same state as four single dispatches.
   config2 = _config(steps_per_dispatch=2)
-  mesh = ts.make_mesh(jax.devices()[:2])
-  gen, disc = toy_pair(config2)
-  g_tx, d_tx = ts.make_optimizers(config2)
-  state = ts.jit_init(config2, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
-  step = ts.jit_train_step(config2, mesh, gen, disc, g_tx, d_tx)
+  mesh, state, step, _ = _setup(config2, jax.devices()[:2])
   for i in (0, 2):
     stacked = {k: np.stack([batches[i][k], batches[i + 1][k]]) for k in batches[0]}
     state, metrics = step(state, ts.to_global_batch(stacked, mesh, scan=True), None)
@@ -85,12 +87,8 @@ def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_th
   monkeypatch,
 ):
   config = _config(log_every=4)
-  mesh = ts.make_mesh(jax.devices()[:2])
-  gen, disc = toy_pair(config)
-  g_tx, d_tx = ts.make_optimizers(config)
-  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
-  step_fn = ts.jit_train_step(config, mesh, gen, disc, g_tx, d_tx)
-  draw = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx)[1].draw_levels)
+  mesh, state, step_fn, parts = _setup(config, jax.devices()[:2])
+  draw = jax.jit(parts.draw_levels)
   # (JAX's transfer guard does not see fetches on the CPU backend, so fetches are counted.)
   fetches = []
   device_get = jax.device_get

@@ -49,7 +49,8 @@ def train_command(workdir, num_steps: int, ckpt_every: int, *extra) -> list[str]
   ]
 
 
-def _env() -> dict:
+def subprocess_env() -> dict:
+  """One device, compile-light XLA: the same programs, and so the same numbers, in every run."""
   return {
     **os.environ,
     "PYTHONPATH": str(REPO),
@@ -85,7 +86,7 @@ def interrupt_once(workdir, cmd, mode: str, rng: random.Random, log_path) -> Poi
   before = _steps(workdir)
   resumed_from = before[-1] if before else 0
   with open(log_path, "w") as log:
-    p = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     num_steps = int(re.search(r"num_steps=(\d+)", " ".join(cmd)).group(1))
     ckpt_every = int(re.search(r"ckpt_every=(\d+)", " ".join(cmd)).group(1))
     trigger = min(resumed_from + rng.randint(1, 2 * ckpt_every), num_steps - 1)
@@ -145,7 +146,10 @@ def soak(
   start = time.time()
   if not _steps(reference) or _steps(reference)[-1] != num_steps:
     subprocess.run(
-      train_command(reference, num_steps, ckpt_every), env=_env(), check=True, capture_output=True
+      train_command(reference, num_steps, ckpt_every),
+      env=subprocess_env(),
+      check=True,
+      capture_output=True,
     )
   rng = random.Random(seed)
   done: list[Point] = []
@@ -163,7 +167,7 @@ def soak(
     if point.mode != "sigterm" and point.lost > bound:
       raise AssertionError(f"lost {point.lost} steps (> {bound}): {point}")
     done.append(point)
-  subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+  subprocess.run(cmd, env=subprocess_env(), check=True, capture_output=True)
   identical = True
   for ema in (False, True):
     _, a = checkpoint.restore_params(reference, ema=ema)
