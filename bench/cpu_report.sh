@@ -9,3 +9,9 @@ for cfg in cifar10 ffhq64; do
 done
 python -m udpm_jax.bench --config=configs/test.py --batch=16 --train_batch=8 --repeats=5 \
   --out=bench/out/test.json
+# Side by side with the authors' release (float32, batch 16, LPIPS off on both sides), when
+# UDPM_OFFICIAL_REPO names a clone of github.com/shadyabh/UDPM (needs: pip install torch lpips).
+if [[ -n "${UDPM_OFFICIAL_REPO:-}" ]]; then
+  python -m tools.bench_vs_release --udpm_repo="$UDPM_OFFICIAL_REPO" --config=cifar10 --batch=16 \
+    --repeats=2 --out=bench/out/vs_release_cifar10.json
+fi

@@ -15,3 +15,10 @@ for item in "$@"; do
   python3 -m udpm_jax.bench --config="configs/$cfg.py" --batch=256 --train_batch="$train_batch" \
     --repeats=10 ${BENCH_FLAGS:-} --out="$out/$cfg.json"
 done
+# Side by side with the authors' release on this GPU (their --use_amp bf16 autocast, ours bf16), at
+# their batch of 64 per GPU, when UDPM_OFFICIAL_REPO names a clone of github.com/shadyabh/UDPM
+# (needs: pip install torch lpips).
+if [[ -n "${UDPM_OFFICIAL_REPO:-}" ]]; then
+  python3 -m tools.bench_vs_release --udpm_repo="$UDPM_OFFICIAL_REPO" --config=cifar10 --batch=64 \
+    --repeats=10 --out="$out/vs_release_cifar10.json"
+fi
