@@ -15,7 +15,7 @@ from udpm_jax import checkpoint
 pytestmark = pytest.mark.slow  # subprocess training runs (see tests/run.sh)
 
 
-def _start(process_id, num_processes, port, workdir, devices):
+def _start(process_id, num_processes, port, workdir, devices, *extra, stdout=subprocess.PIPE):
   env = {
     **os.environ,
     "PYTHONPATH": str(REPO),
@@ -25,7 +25,9 @@ def _start(process_id, num_processes, port, workdir, devices):
   }
   script = str(REPO / "tests" / "distributed_run.py")
   args = [sys.executable, script, str(process_id), str(num_processes), str(port), str(workdir)]
-  return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  args += [str(a) for a in extra]
+  stderr = subprocess.STDOUT if stdout is not subprocess.PIPE else subprocess.PIPE
+  return subprocess.Popen(args, env=env, stdout=stdout, stderr=stderr, text=True)
 
 
 def _free_port():
@@ -52,3 +54,28 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
     _, one = checkpoint.restore_params(tmp_path / "one", ema=ema)
     for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
+  """SIGUSR1 to process 1 only: the flags are exchanged at the next log step, both processes save
+  that step together and exit with EXIT_PREEMPTED (75)."""
+  import re
+  import signal
+  import time
+
+  port = _free_port()
+  logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(2)]
+  procs = [_start(i, 2, port, tmp_path / "run", 2, 40, 2, stdout=logs[i]) for i in range(2)]
+  text = lambda i: (tmp_path / f"log{i}.txt").read_text()
+  start = time.time()
+  while not re.search(r"\] \[2\] d_", text(0)) and time.time() - start < 600:
+    assert all(p.poll() is None for p in procs), text(0)[-3000:] + text(1)[-3000:]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGUSR1)
+  codes = [p.wait(timeout=600) for p in procs]
+  assert codes == [75, 75], text(0)[-3000:] + text(1)[-3000:]
+  stopped = [int(re.search(r"stopped by .* at step (\d+)", text(i)).group(1)) for i in range(2)]
+  assert stopped[0] == stopped[1] and stopped[0] % 2 == 0 and 2 <= stopped[0] < 40
+  assert "stopped by a signal on another process" in text(0)
+  assert "stopped by SIGUSR1" in text(1)
+  assert checkpoint.all_steps(tmp_path / "run") == [stopped[0]]

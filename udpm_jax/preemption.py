@@ -47,9 +47,7 @@ class StopRequests:
 
   def __init__(self, signals=STOP_SIGNALS):
     # With jax.distributed, SIGTERM belongs to JAX's preemption notifier (see the module doc).
-    self.signals = tuple(
-      s for s in signals if not (s == signal.SIGTERM and jax.process_count() > 1)
-    )
+    self.signals = tuple(s for s in signals if not (s == signal.SIGTERM and _jax_handles_sigterm()))
     self.received: str | None = None
     self._previous = {}
 
@@ -83,7 +81,7 @@ class StopRequests:
       return self.received
     from jax.experimental import multihost_utils
 
-    if multihost_utils.reached_preemption_sync_point(step):
+    if _jax_handles_sigterm() and multihost_utils.reached_preemption_sync_point(step):
       return "SIGTERM"
     if not at_log_step:
       return None
@@ -91,3 +89,9 @@ class StopRequests:
     if np.any(flags):
       return self.received or "a signal on another process"
     return None
+
+
+def _jax_handles_sigterm() -> bool:
+  """Whether JAX's preemption service owns SIGTERM: a multi-process run with the service on
+  (`jax_enable_preemption_service`, on by default); otherwise SIGTERM is caught here."""
+  return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
