@@ -222,5 +222,5 @@ def test_fault_soak_three_interruptions_end_bit_identical(reference_run, tmp_pat
   result = fault_soak.soak(tmp_path / "soak", reference_run, points=3, num_steps=8, ckpt_every=2)
   assert result["points"] == 3 and result["modes"] == {"sigterm": 1, "kill": 1, "kill_in_save": 1}
   assert result["max_steps_lost_after_sigterm"] == 0
-  assert result["max_steps_lost_after_kill"] <= 2 * 2
+  assert result["max_steps_lost_after_kill"] <= 2  # one checkpoint interval
   assert result["bit_identical_to_uninterrupted"]

@@ -39,7 +39,8 @@ def checkpoint_dir(workdir) -> epath.Path:
 
 
 def make_manager(workdir, config, *, read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager saving every `training.ckpt_every` steps, keeping the latest N.
+  """A manager saving every `training.ckpt_every` steps, keeping the latest N; saves are
+  synchronous unless `training.async_checkpoints`.
 
   Saves on a stop signal are the training loop's (`udpm_jax.preemption`): it saves the step it
   reached and exits, where Orbax's preemption policy would save and carry on.
@@ -49,7 +50,7 @@ def make_manager(workdir, config, *, read_only: bool = False) -> ocp.CheckpointM
   options = ocp.CheckpointManagerOptions(
     save_decision_policy=_policies.FixedIntervalPolicy(every),
     preservation_policy=_policies.LatestN(max(int(t.keep_checkpoints), 1)),
-    enable_async_checkpointing=not read_only,
+    enable_async_checkpointing=bool(t.get("async_checkpoints", False)) and not read_only,
     cleanup_tmp_directories=not read_only,
     read_only=read_only,
     create=not read_only,
@@ -303,6 +304,7 @@ RESUME_MAY_CHANGE = (
   "training.log_every",
   "training.ckpt_every",
   "training.keep_checkpoints",
+  "training.async_checkpoints",
   "training.sample_every",
   "training.eval_every",
   "training.steps_per_dispatch",

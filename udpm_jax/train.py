@@ -155,8 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
           if save_now or stop_signal:
             checkpoint.save(manager, step, state, saved_config, force=is_last or bool(stop_signal))
             last_good = step
+            if stop_signal or not t.get("async_checkpoints", False):
+              checkpoint.finish_pending(manager)  # complete, with its digests, before going on
           if stop_signal:
-            checkpoint.finish_pending(manager)  # synchronous: the process is about to go
             logging.warning("%s: saved step %d in %s.", stop_signal, step, workdir)
             raise preemption.Preempted(step, stop_signal)
           if t.eval_every and step % t.eval_every < k:

@@ -115,6 +115,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"training.ema_decay={t.ema_decay!r}; must lie in [0, 1).")
   for field in ("num_steps", "log_every", "ckpt_every", "keep_checkpoints", "steps_per_dispatch"):
     _check(f"training.{field}", t[field], _is_int(t[field]) and t[field] >= 1, "an integer >= 1")
+  _check(
+    "training.async_checkpoints",
+    t.get("async_checkpoints", False),
+    isinstance(t.get("async_checkpoints", False), bool),
+    "True or False",
+  )
   for field in ("sample_every", "eval_every"):
     _check(
       f"training.{field}",

@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
       log_every=100,
       ckpt_every=5000,
       keep_checkpoints=3,
+      # False: each save completes before training goes on, so a crash (kill -9) loses at most
+      # ckpt_every steps. True: saves overlap the next steps (faster on slow storage, e.g. a
+      # bucket), but a crash during a save loses that save too.
+      async_checkpoints=False,
       sample_every=10_000,
       eval_every=0,  # 0 = no in-training evaluation
     )
