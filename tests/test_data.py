@@ -91,6 +91,44 @@ def test_determinism_resume_and_host_split():
   assert not np.array_equal(next(other)["image"], run[0]["image"])
 
 
+def test_class_grouped_batches_are_runs_of_one_class_and_resume_exactly():
+  config = _config(class_groups=4, random_flip=False)
+  source = data.make_source(config)
+  it = data.make_iterator(config, global_batch_size=12, seed=3, process_index=0, process_count=1)
+  run = [next(it) for _ in range(6)]
+  for b in run:
+    runs = b["label"].reshape(3, 4)
+    assert (runs == runs[:, :1]).all()  # each run of 4 is one class
+    assert len(set(runs[:, 0])) == 3  # distinct classes while there are enough
+  # The images are those of the drawn indices (labels and pixels stay paired).
+  idx = data.class_grouped_indices(
+    [np.flatnonzero(source.labels == k) for k in range(10)], 12, 4, 3, 2
+  )
+  np.testing.assert_array_equal(run[2]["label"], source.labels[idx])
+  np.testing.assert_array_equal(run[2]["image"], data.preprocess(source.images[idx], config))
+  resumed = data.make_iterator(
+    config, global_batch_size=12, seed=3, start_step=4, process_index=0, process_count=1
+  )
+  np.testing.assert_array_equal(next(resumed)["image"], run[4]["image"])
+  half = data.make_iterator(
+    config, global_batch_size=12, seed=3, start_step=5, process_index=1, process_count=2
+  )
+  np.testing.assert_array_equal(next(half)["label"], run[5]["label"][6:])
+  assert not np.array_equal(run[0]["label"], run[1]["label"])
+  # More runs than classes: classes repeat; a class smaller than a run: examples repeat.
+  tiny = [np.array([0]), np.array([1, 2])]
+  idx = data.class_grouped_indices(tiny, 8, 2, 0, 0)
+  assert set(idx.tolist()) <= {0, 1, 2} and (idx.reshape(4, 2)[:, 0] < 3).all()
+  with pytest.raises(data.DataError, match="not a multiple of data.class_groups=4"):
+    data.make_iterator(config, global_batch_size=10, seed=3, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="data.class_groups"):
+    udpm_jax.configs.validate(_config(class_groups=-2))
+  unconditional = _config(class_groups=4, num_classes=0)
+  unconditional.discriminator.conditional = False
+  with pytest.raises(ValueError, match="data.class_groups"):
+    udpm_jax.configs.validate(unconditional)
+
+
 def test_flips_are_exact_mirrors():
   on = data.make_iterator(
     _config(random_flip=True), global_batch_size=16, seed=1, process_index=0, process_count=1

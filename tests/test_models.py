@@ -77,6 +77,42 @@ def test_stddev_feature_follows_release_grouping():
   np.testing.assert_allclose(feat[:, 0, 0, 0], np.tile(expect[:, 0], 4), rtol=1e-5)
 
 
+def test_class_stddev_feature_is_the_spread_within_each_class():
+  config = udpm_jax.configs.get_config("test")
+  config.discriminator.update(stddev_by_class=True, quirk_stddev_sum_chw=False)
+  disc = models.build_discriminator(config)
+  rng = np.random.default_rng(1)
+  h = rng.standard_normal((7, 2, 2, 6)).astype(np.float32)
+  labels = np.array([3, 1, 3, 3, 0, 1, 5])
+  onehot = jnp.asarray(np.eye(10, dtype=np.float32)[labels])
+  feat = np.asarray(disc.bind({})._class_stddev_feature(jnp.asarray(h), onehot))[:, 0, 0, 0]
+  for i, k in enumerate(labels):
+    same = h[labels == k]  # population std over the class's samples, averaged over H·W·C
+    expect = np.sqrt(same.var(axis=0) + 1e-8).mean()
+    np.testing.assert_allclose(feat[i], expect, rtol=1e-5)
+  assert feat[4] < 1e-3 and feat[6] < 1e-3  # alone in their class: no spread
+  # Copies of one image per class give the feature ~0; the release's mixed groups do not see it.
+  copies = jnp.asarray(h[[0, 1, 0, 0, 4, 1, 6]])
+  assert float(np.max(disc.bind({})._class_stddev_feature(copies, onehot))) < 1e-3
+
+
+def test_class_stddev_feature_changes_the_logit_of_a_collapsed_batch():
+  config = udpm_jax.configs.get_config("test")
+  config.discriminator.update(stddev_by_class=True, stddev_gain=10.0)
+  disc = models.build_discriminator(config)
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (4, 8, 8, 3))
+  labels = jnp.array([2, 2, 7, 7])
+  variables = disc.init(key, x, 0.5, labels)
+  logits = disc.apply(variables, x, 0.5, labels)
+  collapsed = disc.apply(variables, x[jnp.array([0, 0, 2, 2])], 0.5, labels)
+  # Samples 0 and 2 are unchanged; only the within-class statistic differs.
+  assert abs(float(logits[0] - collapsed[0])) > 1e-4
+  config.discriminator.conditional = False
+  with pytest.raises(ValueError, match="discriminator.stddev_by_class=True"):
+    udpm_jax.configs.validate(config)
+
+
 def test_tiny_config_forward_and_backward_under_jit():
   config = udpm_jax.configs.get_config("test")
   key = jax.random.PRNGKey(0)

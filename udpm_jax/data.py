@@ -2,7 +2,8 @@
 
 Every source is random access (`len`, `get(indices)`), so batch k of a run is a pure function of
 (seed, k): sample j of global batch k is example perm_e[(k·B + j) mod M] with the permutation of
-epoch e drawn from (seed, e), and flips are drawn from (seed, k). A resumed run therefore sees the
+epoch e drawn from (seed, e) (or, with data.class_groups, runs of same-class examples drawn from
+(seed, k)), and flips are drawn from (seed, k). A resumed run therefore sees the
 data it would have seen, and each host reads only its rows of the same global batch, so the global
 batch does not depend on the number of hosts.
 
@@ -381,6 +382,24 @@ def batch_indices(num_examples: int, global_batch: int, seed: int, step: int) ->
   return out
 
 
+def class_grouped_indices(
+  by_class: list[np.ndarray], global_batch: int, group: int, seed: int, step: int
+) -> np.ndarray:
+  """Example indices of global batch `step` made of B/`group` runs of `group` same-class examples.
+
+  The classes of a batch are distinct while there are enough of them; examples are drawn without
+  replacement inside each run. Everything is drawn from (seed, step), so a resumed run reads the
+  same batches. `by_class[k]` holds the indices of class k's examples.
+  """
+  rng = np.random.default_rng([seed, step, 0xC1A55])
+  nonempty = np.flatnonzero([len(ix) for ix in by_class])
+  runs = global_batch // group
+  classes = rng.choice(nonempty, runs, replace=runs > len(nonempty))
+  return np.concatenate(
+    [rng.choice(by_class[k], group, replace=group > len(by_class[k])) for k in classes]
+  )
+
+
 def flips(global_batch: int, seed: int, step: int) -> np.ndarray:
   """Which samples of global batch `step` are mirrored (drawn from (seed, step))."""
   return np.random.default_rng([seed, step, 0xF11B]).random(global_batch) < 0.5
@@ -427,6 +446,22 @@ def make_iterator(
     )
   if hasattr(source, "labels"):  # in memory: every label is checked before training starts
     check_labels(source.labels, config, source.origin)
+  group = config.data.get("class_groups", 0)
+  if group:
+    if not (config.data.num_classes and hasattr(source, "labels")):
+      raise DataError(
+        f"data.class_groups={group} needs class labels held in memory (idx, npz, folder or zip "
+        f"sources with labels and data.num_classes > 0); {source.origin} with "
+        f"data.num_classes={config.data.num_classes} has none. Set data.class_groups=0."
+      )
+    if global_batch_size % group:
+      raise DataError(
+        f"global batch {global_batch_size} is not a multiple of data.class_groups={group}."
+      )
+    by_class = [np.flatnonzero(source.labels == k) for k in range(config.data.num_classes)]
+    order = lambda step: class_grouped_indices(by_class, global_batch_size, group, seed, step)
+  else:
+    order = lambda step: batch_indices(len(source), global_batch_size, seed, step)
   logging.info(
     "Data: %s, %d examples, global batch %d (%d per host).",
     source.origin,
@@ -437,7 +472,7 @@ def make_iterator(
 
   def batches(step):
     while True:
-      idx = batch_indices(len(source), global_batch_size, seed, step)[rows]
+      idx = order(step)[rows]
       images, labels = source.get(idx)
       check_labels(labels, config, source.origin)  # streamed sources (TFDS)
       x = preprocess(images, config, source.origin)

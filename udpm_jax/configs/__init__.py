@@ -101,7 +101,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "discriminator.conditional=True needs data.num_classes > 0; "
       "set discriminator.conditional=False for unconditional data."
     )
+  groups = config.data.get("class_groups", 0)
+  _check(
+    "data.class_groups",
+    groups,
+    _is_int(groups) and groups >= 0 and (groups == 0 or config.data.num_classes > 0),
+    "an integer >= 0 (0 = batches in random order), > 0 only with data.num_classes > 0",
+  )
+  d = config.discriminator
+  by_class = d.get("stddev_by_class", False)
+  _check(
+    "discriminator.stddev_by_class",
+    by_class,
+    isinstance(by_class, bool) and (not by_class or d.conditional),
+    "True or False, True only with discriminator.conditional=True",
+  )
+  gain = d.get("stddev_gain", 1.0)
+  _check("discriminator.stddev_gain", gain, isinstance(gain, (int, float)) and gain > 0, "> 0")
   t = config.training
+  if groups and t.batch_size and t.batch_size % groups:
+    raise ValueError(
+      f"training.batch_size={t.batch_size} is not a multiple of data.class_groups={groups}."
+    )
   if t.batch_size < 0 or t.per_device_batch_size <= 0:
     raise ValueError(
       f"training.batch_size={t.batch_size!r} must be >= 0 (0 = per device × devices) "

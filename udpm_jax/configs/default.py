@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
       channels=3,
       num_classes=10,  # 0 = unconditional
       random_flip=True,  # horizontal flips only (the release's only augmentation)
+      # > 0: each batch is made of runs of this many same-class examples (for
+      # discriminator.stddev_by_class); 0 = random order, as released.
+      class_groups=0,
       resize="none",  # 'none' | 'pad' | 'resize' | 'center_crop'
       grayscale_to_rgb=False,
     )
@@ -64,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
       conditional=True,  # class-conditional D (needs data.num_classes > 0)
       stddev_group=4,
       stddev_features=1,
+      stddev_by_class=False,  # minibatch stddev over same-label samples (class-conditional D)
+      stddev_gain=1.0,  # factor on the stddev feature (larger: D learns to use it sooner)
       quirk_stddev_sum_chw=True,  # the release sums the stddev feature over C·H·W
       quirk_logit_dropout=True,  # the release applies dropout to the logit
     )

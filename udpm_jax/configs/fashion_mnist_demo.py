@@ -20,7 +20,13 @@ unlearnt (README, "CPU demo"):
   its class label (one blob for every class);
 - the adversarial weights of levels 1–2 raised (0.5, 1.0 instead of 0.2, 0.5) for sharper images
   without LPIPS (which costs ~3× the step time on CPU), and level 3 (cheapest, adversarial only)
-  drawn twice as often as each other level.
+  drawn twice as often as each other level;
+- batches of four runs of four same-class examples (`data.class_groups=4`) and a minibatch-stddev
+  feature taken within each class, ×10 (`discriminator.stddev_by_class`, `stddev_gain`): with the
+  release's groups, which mix classes, the discriminator gave a batch of copies the same logits
+  as the originals, and level 3's generator drew one image per class whatever its input (spread
+  within a class 0.02–0.04 against 0.25 for the data, at 8×8); with both, 0.20 after 600 steps of
+  level 3 alone.
 """
 
 from udpm_jax.configs import default
@@ -37,6 +43,7 @@ def get_config():
     num_classes=10,
     resize="pad",
     random_flip=True,
+    class_groups=4,
   )
   config.model.update(
     model_channels=32, channel_mult=(1, 2), channel_mult_emb=2, num_blocks=1, attn_resolutions=(8,)
@@ -47,6 +54,8 @@ def get_config():
     dropout=0.2,
     quirk_stddev_sum_chw=False,
     quirk_logit_dropout=False,
+    stddev_by_class=True,
+    stddev_gain=10.0,
   )
   config.loss.update(
     lpips=(0.0, 0.0, 0.0),

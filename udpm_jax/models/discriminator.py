@@ -26,6 +26,8 @@ class Discriminator(nn.Module):
   dropout: float = 0.0
   stddev_group: int = 4
   stddev_features: int = 1
+  stddev_by_class: bool = False  # the statistic over same-label samples of the batch (see below)
+  stddev_gain: float = 1.0
   quirk_stddev_sum_chw: bool = True  # the release sums the stddev feature over C·H·W (not mean)
   quirk_logit_dropout: bool = True  # the release applies dropout to the final logit
   dtype: Dtype = jnp.float32
@@ -49,6 +51,10 @@ class Discriminator(nn.Module):
         else nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
       )
       emb = emb + nn.Dense(ch, kernel_init=layers.kaiming_normal(), name="map_label")(onehot)
+    elif self.stddev_by_class:
+      raise ValueError(
+        "stddev_by_class=True needs a class-conditional discriminator (num_classes > 0)."
+      )
     emb = emb.astype(self.dtype)
     lrelu = lambda v: nn.leaky_relu(v, 0.2)
     h = lrelu(
@@ -70,7 +76,11 @@ class Discriminator(nn.Module):
         name=f"block{i}",
       )
       h = lrelu(block(h, emb, train))
-    h = jnp.concatenate([h, self._stddev_feature(h)], axis=-1)
+    std = self._class_stddev_feature(h, onehot) if self.stddev_by_class else self._stddev_feature(h)
+    # A feature among hundreds of channels gets a learned weight ~1/fan-in; the gain lets the
+    # D rely on it early enough to stop a generator that ignores its input.
+    std = std * self.stddev_gain
+    h = jnp.concatenate([h, std], axis=-1)
     h = lrelu(
       layers.Conv(min(ch * 8, 512), 3, init="kaiming", dtype=self.dtype, name="final_conv")(h)
     )
@@ -90,4 +100,21 @@ class Discriminator(nn.Module):
     std = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)  # (B/G, H, W, F, C/F)
     std = std.sum(axis=(1, 2, 4)) if self.quirk_stddev_sum_chw else std.mean(axis=(1, 2, 4))
     std = jnp.tile(std, (g, 1))  # sample b gets the statistic of b mod B/G
+    return jnp.broadcast_to(std[:, None, None, :], (b, hh, ww, f)).astype(h.dtype)
+
+  def _class_stddev_feature(self, h, onehot):
+    """Minibatch standard deviation over the samples of each sample's own class in the batch.
+
+    With a class-conditional D, the release's groups mix classes, so their spread is mostly the
+    spread between classes, which a generator that draws one image per class reproduces; this
+    statistic sees only the spread within a class (0 for a class with one sample in the batch).
+    """
+    b, hh, ww, c = h.shape
+    f = self.stddev_features
+    y = h.astype(jnp.float32).reshape(b, -1)
+    count = jnp.maximum(onehot.sum(axis=0), 1.0)[:, None]  # (K, 1)
+    mean = (onehot.T @ y) / count  # (K, HWC)
+    var = (onehot.T @ jnp.square(y - onehot @ mean)) / count
+    std = jnp.sqrt(onehot @ var + 1e-8).reshape(b, hh, ww, f, c // f)
+    std = std.sum(axis=(1, 2, 4)) if self.quirk_stddev_sum_chw else std.mean(axis=(1, 2, 4))
     return jnp.broadcast_to(std[:, None, None, :], (b, hh, ww, f)).astype(h.dtype)
