@@ -33,7 +33,7 @@ setup(
     packages=find_packages(include=["udpm_jax", "udpm_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "scipy>=1.11", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "scipy>=1.11", "ruff==0.17.6"],
         # PyTorch only for reading the authors' .pt files through torch itself and for
         # parity checks against reference implementations; our own reader needs no torch.
         "torch": ["torch>=2.2"],

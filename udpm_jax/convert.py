@@ -51,7 +51,7 @@ def _torch_key(path: tuple[str, ...], prefix: str) -> str:
   return ".".join(parts + [suffix])
 
 
-def _to_ours(value: np.ndarray, target_shape) -> np.ndarray:
+def _to_ours(value: np.ndarray) -> np.ndarray:
   if value.ndim == 4:  # OIHW → HWIO
     value = value.transpose(2, 3, 1, 0)
   elif value.ndim == 2:  # Linear (out, in) → (in, out)
@@ -80,7 +80,7 @@ def _convert(state_dict, abstract_vars, prefix, what, check_buffers):
         f"{'/'.join(path)} of shape {tuple(spec.shape)}). Is the config the "
         "one the checkpoint was trained with?"
       )
-    value = _to_ours(state_dict[key], spec.shape)
+    value = _to_ours(state_dict[key])
     if value.shape != tuple(spec.shape):
       raise ConversionError(
         f"{what} key {key!r} has shape {state_dict[key].shape}, which maps to {value.shape}; "

@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FEATURE_DIM = 2048
-
 
 def load_params(path=None) -> dict:
   """FID Inception weights: an .npz in pytorch-fid naming, pytorch-fid's .pth (read without torch

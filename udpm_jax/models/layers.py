@@ -159,14 +159,12 @@ class ResBlock(nn.Module):
   resample_taps: Sequence[float] = (1, 1)
   resample_proj: bool = False
   film: bool = False
-  act: str = "silu"
   init: str = "xavier"
   zero_gain: float = 1e-5
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, emb, train: bool, dropout_rate: float | None = None):
-    act = nn.silu if self.act == "silu" else (lambda v: nn.leaky_relu(v, 0.2))
+  def __call__(self, x, emb, train: bool):
     in_ch, out_ch = x.shape[-1], self.out_channels
     conv = lambda feats, k, gain=1.0, name=None, **kw: Conv(
       feats,
@@ -179,7 +177,7 @@ class ResBlock(nn.Module):
       **kw,
     )
     h = conv(out_ch, 3, up=self.up, down=self.down, name="conv0")(
-      act(group_norm(in_ch, self.eps, self.dtype, name="norm0")(x))
+      nn.silu(group_norm(in_ch, self.eps, self.dtype, name="norm0")(x))
     )
     init_fn = xavier_uniform if self.init == "xavier" else kaiming_normal
     params = nn.Dense(
@@ -188,11 +186,10 @@ class ResBlock(nn.Module):
     norm1 = group_norm(out_ch, self.eps, self.dtype, name="norm1")
     if self.film:
       scale, shift = jnp.split(params, 2, axis=-1)
-      h = act(norm1(h) * (scale + 1) + shift)
+      h = nn.silu(norm1(h) * (scale + 1) + shift)
     else:
-      h = act(norm1(h + params))
-    rate = self.dropout if dropout_rate is None else dropout_rate
-    h = nn.Dropout(rate, deterministic=not train or rate == 0)(h)
+      h = nn.silu(norm1(h + params))
+    h = nn.Dropout(self.dropout, deterministic=not train or self.dropout == 0)(h)
     h = conv(out_ch, 3, gain=self.zero_gain, name="conv1")(h)
     if out_ch != in_ch or self.up or self.down:
       k = 1 if (self.resample_proj or out_ch != in_ch) else 0
