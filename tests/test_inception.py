@@ -34,7 +34,7 @@ def setup(assets):
 
 def test_features_match_stored_reference_values(setup):
   params, images, _, feats = setup
-  assert feats.shape == (2, inception.FEATURE_DIM)
+  assert feats.shape == (2, 2048)  # pool3 features
   np.testing.assert_allclose(feats[:, :6], REF_FIRST6, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(feats, axis=1), REF_NORMS, rtol=1e-4)
   np.testing.assert_allclose(feats.sum(1), REF_SUMS, rtol=1e-4)
