@@ -83,11 +83,14 @@ def save(manager: ocp.CheckpointManager, step: int, state, config, *, force=Fals
 
 
 def finish_pending(manager: ocp.CheckpointManager) -> None:
-  """Waits for the manager's async save and writes the digests of its complete steps."""
+  """Waits for the manager's async save; the primary process then writes the digests of its
+  complete steps."""
   try:
     manager.wait_until_finished()
   except Exception as e:
     raise _write_error(manager, _SAVING.get(manager), e) from e
+  if jax.process_index() != 0:
+    return  # the directory is shared by all hosts: one writer, as for Orbax's own metadata
   root = epath.Path(manager.directory)
   for step in manager.all_steps():
     if not (root / str(step) / DIGESTS).exists():
