@@ -96,7 +96,7 @@ def test_class_stddev_feature_is_the_spread_within_each_class():
   assert float(np.max(disc.bind({})._class_stddev_feature(copies, onehot))) < 1e-3
 
 
-def test_class_stddev_feature_changes_the_logit_of_a_collapsed_batch():
+def test_class_stddev_feature_reaches_the_logit_only_within_a_class():
   config = udpm_jax.configs.get_config("test")
   config.discriminator.update(stddev_by_class=True, stddev_gain=10.0)
   disc = models.build_discriminator(config)
@@ -105,10 +105,18 @@ def test_class_stddev_feature_changes_the_logit_of_a_collapsed_batch():
   labels = jnp.array([2, 2, 7, 7])
   variables = disc.init(key, x, 0.5, labels)
   logits = disc.apply(variables, x, 0.5, labels)
-  collapsed = disc.apply(variables, x[jnp.array([0, 0, 2, 2])], 0.5, labels)
-  # Samples 0 and 2 are unchanged; only the within-class statistic differs.
-  assert abs(float(logits[0] - collapsed[0])) > 1e-4
-  config.discriminator.conditional = False
+  # Sample 0 unchanged, its class-mate replaced by a copy of it: sample 0's logit moves.
+  collapsed = disc.apply(variables, x[jnp.array([0, 0, 2, 3])], 0.5, labels)
+  assert abs(float(logits[0] - collapsed[0])) > 1e-3
+  # A change in the other class leaves it exactly (the release's mixed group of 4 would not).
+  other = disc.apply(variables, x[jnp.array([0, 1, 2, 2])], 0.5, labels)
+  np.testing.assert_allclose(other[:2], logits[:2], rtol=1e-6)
+  config.discriminator.update(stddev_by_class=False)
+  release = models.build_discriminator(config)
+  base = release.apply(variables, x, 0.5, labels)
+  moved = release.apply(variables, x[jnp.array([0, 1, 2, 2])], 0.5, labels) - base
+  assert abs(float(moved[0])) > 1e-3
+  config.discriminator.update(stddev_by_class=True, conditional=False)
   with pytest.raises(ValueError, match="discriminator.stddev_by_class=True"):
     udpm_jax.configs.validate(config)
 

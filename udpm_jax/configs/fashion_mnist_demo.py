@@ -25,7 +25,7 @@ unlearnt (README, "CPU demo"):
   feature taken within each class, ×10 (`discriminator.stddev_by_class`, `stddev_gain`): with the
   release's groups, which mix classes, the discriminator gave a batch of copies the same logits
   as the originals, and level 3's generator drew one image per class whatever its input (spread
-  within a class 0.02–0.04 against 0.25 for the data, at 8×8); with both, 0.20 after 600 steps of
+  within a class 0.01–0.04 against 0.25 for the data, at 8×8); with both, 0.20 after 600 steps of
   level 3 alone.
 """
 

@@ -77,8 +77,8 @@ class Discriminator(nn.Module):
       )
       h = lrelu(block(h, emb, train))
     std = self._class_stddev_feature(h, onehot) if self.stddev_by_class else self._stddev_feature(h)
-    # A feature among hundreds of channels gets a learned weight ~1/fan-in; the gain lets the
-    # D rely on it early enough to stop a generator that ignores its input.
+    # One channel beside hundreds: at gain 1 a trained D left it unused (README, CPU demo), and
+    # the gain makes D rely on it early enough to stop a generator that ignores its input.
     std = std * self.stddev_gain
     h = jnp.concatenate([h, std], axis=-1)
     h = lrelu(
@@ -98,9 +98,12 @@ class Discriminator(nn.Module):
     f = self.stddev_features
     y = h.astype(jnp.float32).reshape(g, b // g, hh, ww, f, c // f)
     std = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)  # (B/G, H, W, F, C/F)
-    std = std.sum(axis=(1, 2, 4)) if self.quirk_stddev_sum_chw else std.mean(axis=(1, 2, 4))
-    std = jnp.tile(std, (g, 1))  # sample b gets the statistic of b mod B/G
+    std = jnp.tile(self._reduce(std), (g, 1))  # sample b gets the statistic of b mod B/G
     return jnp.broadcast_to(std[:, None, None, :], (b, hh, ww, f)).astype(h.dtype)
+
+  def _reduce(self, std):
+    """(N, H, W, F, C/F) per-element stds → (N, F): summed (release quirk) or averaged."""
+    return std.sum(axis=(1, 2, 4)) if self.quirk_stddev_sum_chw else std.mean(axis=(1, 2, 4))
 
   def _class_stddev_feature(self, h, onehot):
     """Minibatch standard deviation over the samples of each sample's own class in the batch.
@@ -115,6 +118,5 @@ class Discriminator(nn.Module):
     count = jnp.maximum(onehot.sum(axis=0), 1.0)[:, None]  # (K, 1)
     mean = (onehot.T @ y) / count  # (K, HWC)
     var = (onehot.T @ jnp.square(y - onehot @ mean)) / count
-    std = jnp.sqrt(onehot @ var + 1e-8).reshape(b, hh, ww, f, c // f)
-    std = std.sum(axis=(1, 2, 4)) if self.quirk_stddev_sum_chw else std.mean(axis=(1, 2, 4))
+    std = self._reduce(jnp.sqrt(onehot @ var + 1e-8).reshape(b, hh, ww, f, c // f))
     return jnp.broadcast_to(std[:, None, None, :], (b, hh, ww, f)).astype(h.dtype)
