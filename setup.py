@@ -43,6 +43,9 @@ setup(
             "udpm-train=udpm_jax.main:run",
             "udpm-sample=udpm_jax.sample:run",
             "udpm-plot=udpm_jax.plot:run",
+            "udpm-evaluate=udpm_jax.evaluate:run",
+            "udpm-superres=udpm_jax.superres:run",
+            "udpm-bench=udpm_jax.bench:run",
         ]
     },
     license="Apache-2.0",

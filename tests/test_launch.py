@@ -264,3 +264,26 @@ def test_slurm_requeues_a_run_stopped_by_a_signal_and_passes_errors_on(tmp_path)
       assert log.read_text() == "requeue 4242\n" and "requeueing job 4242" in done.stderr
     else:
       assert done.returncode == 1 and log.read_text() == "requeue 4242\n"  # no second requeue
+
+
+def test_every_console_script_names_a_command_module_with_run():
+  """Each `udpm-*` entry point resolves to a command module whose `run` is callable, and every
+  command module (one with `run` and absl flags) has an entry point."""
+  import ast
+  import importlib
+
+  tree = ast.parse((REPO / "setup.py").read_text())
+  entries = [
+    node.value
+    for node in ast.walk(tree)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and "=udpm_jax." in node.value
+  ]
+  targets = {}
+  for entry in entries:
+    name, target = entry.split("=")
+    module, func = target.split(":")
+    assert name.startswith("udpm-"), entry
+    assert callable(getattr(importlib.import_module(module), func)), entry
+    targets[module] = name
+  commands = {"main", "sample", "plot", "evaluate", "superres", "bench"}
+  assert set(targets) == {f"udpm_jax.{c}" for c in commands}, sorted(targets)

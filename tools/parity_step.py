@@ -75,7 +75,7 @@ COMMON = {
 # narrow widths; the generator keeps a down/up path and one attention resolution.
 SMALL = {
   "model": {"model_channels": 8, "channel_mult": [1, 1], "num_blocks": 1, "attn_resolutions": [8]},
-  "discriminator": {"base_channels": 4, "t_emb_dim": 4},
+  "discriminator": {"base_channels": 4},
 }
 BATCH = 4  # the minibatch-stddev group of D
 SEEDS = {"generator": 1, "discriminator": 2, "data": 3}

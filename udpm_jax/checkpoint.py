@@ -27,6 +27,8 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from udpm_jax import files
+
 _policies = ocp.checkpoint_managers
 
 
@@ -124,14 +126,14 @@ def _step_files(step_dir: epath.Path) -> list[epath.Path]:
   """Every file of a step's items (state/, config/), walked by hand: epath has no recursive glob
   for object stores. The step's own top-level files are Orbax's bookkeeping, which it may
   rewrite, and which it checks itself."""
-  files, todo = [], [p for p in step_dir.iterdir() if p.is_dir()]
+  found, todo = [], [p for p in step_dir.iterdir() if p.is_dir()]
   while todo:
     for p in todo.pop().iterdir():
       if p.is_dir():
         todo.append(p)
       elif p.name != DIGESTS:
-        files.append(p)
-  return sorted(files, key=str)
+        found.append(p)
+  return sorted(found, key=str)
 
 
 def _sha256(path: epath.Path) -> str:
@@ -146,9 +148,7 @@ def write_digests(step_dir) -> None:
   """Records the sha256 of every file of a complete step in `<step>/sha256.json`."""
   step_dir = epath.Path(step_dir)
   digests = {str(p.relative_to(step_dir)): _sha256(p) for p in _step_files(step_dir)}
-  tmp = step_dir / (DIGESTS + ".tmp")
-  tmp.write_text(json.dumps(digests, indent=0, sort_keys=True))
-  tmp.replace(step_dir / DIGESTS)
+  files.atomic_write_text(step_dir / DIGESTS, json.dumps(digests, indent=0, sort_keys=True))
 
 
 def verify_digests(step_dir) -> str | None:

@@ -109,8 +109,7 @@ def print_report(result: dict, out: str | None = None) -> None:
 
 
 def write_report(result: dict, out: str) -> None:
-  """Writes a JSON report through a temporary file, so that `out` is never half written."""
-  tmp = f"{out}.tmp"
-  with open(tmp, "w") as f:
-    f.write(json.dumps(result, indent=2))
-  os.replace(tmp, out)
+  """Writes a JSON report atomically, so that `out` is never half written."""
+  from udpm_jax import files
+
+  files.atomic_write_text(out, json.dumps(result, indent=2))

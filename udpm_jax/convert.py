@@ -15,6 +15,7 @@ import re
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from udpm_jax import models, torch_pickle
 from udpm_jax.models import layers
@@ -97,17 +98,7 @@ def _convert(state_dict, abstract_vars, prefix, what, check_buffers):
       f"The {what} state_dict has keys our network does not use: "
       f"{extra[:8]}{' …' if len(extra) > 8 else ''}. Is the config right?"
     )
-  return _unflatten(leaves)
-
-
-def _unflatten(leaves):
-  out = {}
-  for path, value in leaves.items():
-    node = out
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return out
+  return traverse_util.unflatten_dict(leaves)
 
 
 def _filter_checker(taps, what):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from udpm_jax import sampling
+from udpm_jax import files, sampling
 
 
 def export_sampler(config, variables, num: int, path, denoise_fn=None, platforms=("cpu",)):
@@ -25,10 +25,7 @@ def export_sampler(config, variables, num: int, path, denoise_fn=None, platforms
   exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
     jax.ShapeDtypeStruct((2,), jnp.uint32)
   )
-  path = epath.Path(path)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_bytes(exported.serialize())
-  tmp.replace(path)
+  files.atomic_write_bytes(path, exported.serialize())
   return exported
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from etils import epath
+
+from udpm_jax import files
 
 
 def to_uint8(images) -> np.ndarray:
@@ -33,11 +33,9 @@ def save_png(path, image_uint8) -> None:
   from PIL import Image
 
   arr = np.asarray(image_uint8)
-  path = epath.Path(path)
-  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
-  with tmp.open("wb") as f:
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(f, format="PNG")
-  tmp.replace(path)  # atomic, and overwrites a file a resumed run writes again
+  image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+  # Atomic, and overwrites a file a resumed run writes again.
+  files.atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def save_png_grid(path, images, nrow: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 SCALE = np.array([0.458, 0.448, 0.450], np.float32)
@@ -63,27 +64,15 @@ def load_params(path=None) -> dict:
   if path.endswith(".npz"):
     flat = assets.read_npz(path)
   else:
-    flat = _flatten(assets.read_numpy_pickle(path))
-  tree = {}
+    flat = traverse_util.flatten_dict(assets.read_numpy_pickle(path), sep="/")
+  leaves = {}
   for key, value in flat.items():
-    parts = key.split("/")
+    parts = tuple(key.split("/"))
     if parts[0].startswith("NetLinLayer_"):
-      parts = [parts[0], parts[-1]]  # drop the inner Conv_0: our head is the conv itself
-    node = tree
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = jnp.asarray(value, jnp.float32)
+      parts = (parts[0], parts[-1])  # drop the inner Conv_0: our head is the conv itself
+    leaves[parts] = jnp.asarray(value, jnp.float32)
+  tree = traverse_util.unflatten_dict(leaves)
   return tree
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = np.asarray(v)
-  return out
 
 
 def lpips_distance(params, x, y):

@@ -195,15 +195,10 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 
 
 def savez_atomic(path, **arrays) -> None:
-  """np.savez to a temporary file beside `path`, renamed over it: a kill mid-write leaves the old
-  file (or none), never a truncated one. `path` may be local or any etils.epath location."""
-  from etils import epath
+  """np.savez to `path`, atomically (`files.atomic_write`)."""
+  from udpm_jax import files
 
-  path = epath.Path(path)
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as fh:
-    np.savez(fh, **arrays)
-  tmp.replace(path)
+  files.atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def save_reference_stats(path, stats: FIDStats, **provenance) -> None:

@@ -15,6 +15,7 @@ import pickle
 import zipfile
 
 import numpy as np
+from flax import traverse_util
 
 _STORAGE_DTYPES = {
   "FloatStorage": np.float32,
@@ -254,15 +255,12 @@ def load_pickle_tree(path):
     raise ValueError(f"{path}: {e}") from e
 
 
-def flatten(tree, prefix="") -> dict[str, np.ndarray]:
+def flatten(tree) -> dict[str, np.ndarray]:
   """Nested dicts of arrays → {'a.b.c': array}; non-array leaves are dropped."""
-  out = {}
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      out.update(flatten(v, f"{prefix}{k}."))
-  elif isinstance(tree, np.ndarray):
-    out[prefix[:-1]] = tree
-  return out
+  if not isinstance(tree, dict):
+    return {}
+  flat = traverse_util.flatten_dict(tree, sep=".")
+  return {k: v for k, v in flat.items() if isinstance(v, np.ndarray)}
 
 
 def load_state_dict(path, key: str | None = None) -> dict[str, np.ndarray]:

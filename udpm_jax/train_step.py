@@ -290,9 +290,7 @@ def make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn=None):
       (_, metrics), grads = jax.lax.switch(level_g - 1, g_grad_fns, *args)
     updates, g_opt = g_tx.update(grads, state.g_opt, state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
-    ema = jax.tree.map(
-      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, g_params
-    )
+    ema = optax.incremental_update(g_params, state.ema_params, step_size=1.0 - ema_decay)
     metrics = {
       **metrics,
       "g_grad_norm": optax.tree.norm(grads),

@@ -62,7 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.discriminator = ml_collections.ConfigDict(
     dict(
       base_channels=192,
-      t_emb_dim=192,
       dropout=0.4,
       conditional=True,  # class-conditional D (needs data.num_classes > 0)
       stddev_group=4,
@@ -107,10 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
       ema_decay=0.9999,
       compute_dtype="bfloat16",  # forward passes; params stay float32
       steps_per_dispatch=1,
-      level_dispatch="host",
+      level_dispatch="host",  # 'host': one program per level; 'switch': lax.switch (train_step)
       # How often each level is drawn for the D and the G update, relative weights per level;
       # () = uniformly, as released.
-      level_weights=(),  # 'host': one program per level; 'switch': lax.switch (see train_step)
+      level_weights=(),
       log_every=100,
       ckpt_every=5000,
       keep_checkpoints=3,

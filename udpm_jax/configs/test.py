@@ -21,7 +21,7 @@ def get_config():
   config.model.update(
     model_channels=16, channel_mult=(1, 2), channel_mult_emb=4, num_blocks=1, attn_resolutions=(4,)
   )
-  config.discriminator.update(base_channels=16, t_emb_dim=16, dropout=0.0)
+  config.discriminator.update(base_channels=16, dropout=0.0)
   config.loss.update(lpips=(0.0, 0.0, 0.0))
   config.optim.update(warmup_steps=2)
   config.training.update(
