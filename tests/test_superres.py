@@ -89,3 +89,42 @@ def test_images_to_upsample_are_checked_converted_and_keep_their_labels(tmp_path
   np.savez(tmp_path / "float.npz", images=gray.astype(np.float32))
   with pytest.raises(ValueError, match="'images' is float32"):
     superres.read_low_resolution(tmp_path / "float.npz", config, level=1)
+
+
+def test_fid_of_each_method_against_a_reference():
+  """With a feature function and reference statistics, each method gets the FID of its outputs;
+  the held-out images themselves ('original') against their own statistics give 0."""
+  from udpm_jax import image_io, metrics
+
+  config = udpm_jax.configs.get_config("test")
+  config.data.num_classes = 0
+  config.discriminator.conditional = False
+  variables = models.init_generator(config, jax.random.PRNGKey(0))
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (96, 16, 16, 3), minval=-1, maxval=1))
+
+  def features(u8):  # 4×4 average pooling: 48 features per image
+    f = np.asarray(u8, np.float32).reshape(-1, 4, 4, 4, 4, 3).mean(axis=(2, 4))
+    return f.reshape(len(f), -1)
+
+  reference = metrics.FIDStats.from_model_output(features(image_io.to_uint8(x)))
+  report = superres.measure(
+    config,
+    variables,
+    x,
+    None,
+    1,
+    jax.random.PRNGKey(2),
+    batch=32,
+    features=features,
+    reference=reference,
+  )
+  assert report["original"]["fid"] < 1e-3 and set(report["original"]) == {"fid"}
+  y = superres.low_resolution(config, x, 1)
+  bicubic = superres.classical_upsampling(y, 16)["bicubic"]
+  expect = metrics.fid(
+    metrics.FIDStats.from_model_output(features(image_io.to_uint8(bicubic))), reference
+  )
+  np.testing.assert_allclose(report["bicubic"]["fid"], expect, rtol=1e-4)
+  assert report["bicubic"]["fid"] > 10 and report["udpm"]["fid"] > 10
+  with pytest.raises(ValueError, match="both"):
+    superres.measure(config, variables, x, None, 1, jax.random.PRNGKey(2), features=features)

@@ -2,7 +2,7 @@
 
   python -m udpm_jax.superres --workdir=DIR --level=1 --num=1000 [--out=report.json]
 
-measures PSNR and LPIPS of ×s^level upsampling on held-out images of the run's dataset (the
+measures PSNR and LPIPS (and with `--fid`, FID) of ×s^level upsampling on held-out images of the run's dataset (the
 config's data with split 'test'): the low-resolution input is H^level x_0 in image units (for the
 'norm' box kernel, average pooling), and UDPM (`sampling.make_upsample_fn`) is compared with
 nearest-neighbour and bicubic resizing of the same input. `--images=FILE.npz` (array 'images',
@@ -20,7 +20,8 @@ from udpm_jax import cli
 def _define_flags():
   """CLI flags, defined only when this module runs as a program (so that importing the
   library functions of several CLI modules into one process does not clash)."""
-  global _WORKDIR, _LEVEL, _NUM, _BATCH, _STEP, _SEED, _IMAGES, _OUT, _LPIPS
+  global _WORKDIR, _LEVEL, _NUM, _BATCH, _STEP, _SEED, _IMAGES, _OUT, _LPIPS, _FID, _INCEPTION
+  global _REFERENCE
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
   _LEVEL = flags.DEFINE_integer("level", 1, "Start level: the input side is N / scale^level.")
   _NUM = flags.DEFINE_integer("num", 1000, "Held-out images to measure on.")
@@ -30,6 +31,15 @@ def _define_flags():
   _IMAGES = flags.DEFINE_string("images", None, "Upsample these low-res images (.npz 'images').")
   _OUT = flags.DEFINE_string("out", None, "JSON report file, or PNG directory with --images.")
   _LPIPS = flags.DEFINE_string("lpips_weights", None, "LPIPS weights (.npz); default: cached.")
+  _FID = flags.DEFINE_bool(
+    "fid", False, "Also the FID of each method's outputs against the training set's statistics."
+  )
+  _INCEPTION = flags.DEFINE_string("inception_weights", None, "FID Inception weights (.pth/.npz).")
+  _REFERENCE = flags.DEFINE_string(
+    "reference_stats",
+    None,
+    "Reference statistics .npz (default: <workdir>/eval/reference_stats.npz, as evaluate makes).",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -62,17 +72,36 @@ def psnr(x, y):
 
 
 def measure(
-  config, variables, images, labels, level: int, key, *, lpips_params=None, batch: int = 250
+  config,
+  variables,
+  images,
+  labels,
+  level: int,
+  key,
+  *,
+  lpips_params=None,
+  batch: int = 250,
+  features=None,
+  reference=None,
 ) -> dict:
   """Mean PSNR (and LPIPS when `lpips_params` is given) of UDPM vs classical upsampling.
 
-  `images` uint8 or float in [-1, 1], (M, N, N, C). Returns {method: {'psnr': dB, 'lpips': d}}.
+  With `features` (uint8 NHWC → (B, D), e.g. `evaluate.inception_feature_fn`) and `reference`
+  (`metrics.FIDStats` of training images), also the FID of each method's outputs, and of the
+  held-out images themselves ('original': the floor FID reaches with this many images). Started
+  at level l, UDPM's FID is that of the chain from a true x_l: which level limits sample quality.
+
+  `images` uint8 or float in [-1, 1], (M, N, N, C). Returns {method: {'psnr': dB, 'lpips': d,
+  'fid': f}}.
   """
   import jax
   import numpy as np
 
+  from udpm_jax import image_io, metrics, sampling
   from udpm_jax import lpips as lpips_lib
-  from udpm_jax import sampling
+
+  if (features is None) != (reference is None):
+    raise ValueError("FID needs both `features` and `reference` (or neither).")
 
   images = np.asarray(images)
   if images.dtype == np.uint8:
@@ -80,6 +109,7 @@ def measure(
   upsample = sampling.make_upsample_fn(config, level)
   distance = jax.jit(lpips_lib.lpips_distance)
   sums: dict[str, dict[str, float]] = {}
+  stats: dict[str, metrics.FIDStats] = {}
   for b, start in enumerate(range(0, len(images), batch)):
     x0 = images[start : start + batch]
     y = low_resolution(config, x0, level)
@@ -91,11 +121,18 @@ def measure(
       row["psnr"] += float(np.sum(psnr(out, x0)))
       if lpips_params is not None:
         row["lpips"] += float(np.sum(distance(lpips_params, out, x0)))
+    if features is not None:
+      for method, out in {**outputs, "original": x0}.items():
+        f = metrics.FIDStats.from_model_output(np.asarray(features(image_io.to_uint8(out))))
+        stats[method] = stats[method].merge(f) if method in stats else f
   n = len(images)
-  return {
+  report = {
     method: {k: v / n for k, v in row.items() if lpips_params is not None or k == "psnr"}
     for method, row in sums.items()
   }
+  for method, s in stats.items():
+    report.setdefault(method, {})["fid"] = metrics.fid(s, reference)
+  return report
 
 
 def read_low_resolution(path, config, level: int):
@@ -157,6 +194,26 @@ def main(argv):
     return
   images, labels = data.load_arrays(config, split="test", limit=_NUM.value)
   labels = labels if config.data.num_classes else None
+  features = reference = None
+  if _FID.value:
+    from etils import epath
+
+    from udpm_jax import evaluate, inception
+
+    features = evaluate.inception_feature_fn(
+      inception.load_params(_INCEPTION.value or config.eval.inception_weights or None)
+    )
+    given = _REFERENCE.value or config.eval.reference_stats or None
+    path = given or epath.Path(_WORKDIR.value) / "eval" / "reference_stats.npz"
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    reference = evaluate.reference_statistics(
+      config,
+      features,
+      _BATCH.value,
+      path,
+      limit=config.eval.get("reference_num", 0) or None,
+      given=bool(given),
+    )
   report = measure(
     config,
     variables,
@@ -166,6 +223,8 @@ def main(argv):
     key,
     lpips_params=lpips_lib.load_params(_LPIPS.value),
     batch=_BATCH.value,
+    features=features,
+    reference=reference,
   )
   report = {
     "level": _LEVEL.value,
