@@ -72,6 +72,29 @@ def inception_feature_fn(inception_params):
   return features
 
 
+def fid_features(config, inception_weights=None):
+  """The Inception feature function of FID: weights from `inception_weights`, else the config's
+  `eval.inception_weights` (offline clusters name local files there), else the cached download."""
+  from udpm_jax import inception
+
+  weights = inception_weights or config.eval.get("inception_weights") or None
+  return inception_feature_fn(inception.load_params(weights))
+
+
+def run_reference(config, features, workdir, batch, reference_stats=None):
+  """(FIDStats, path, image count) of a run's FID reference. `reference_stats` (or the config's
+  `eval.reference_stats`) is the user's file, used as given; otherwise the statistics of
+  `eval.reference_num` training images (0: all) are cached in <workdir>/eval/reference_stats.npz."""
+  from etils import epath
+
+  given = reference_stats or config.eval.reference_stats or None
+  path = given or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
+  (epath.Path(workdir) / "eval").mkdir(parents=True, exist_ok=True)
+  limit = config.eval.get("reference_num", 0) or None
+  stats, count = _reference(config, features, batch, path, limit, bool(given))
+  return stats, path, count
+
+
 def reference_statistics(config, features, batch=250, path=None, limit=None, given=False):
   """FIDStats of the config's training set, cached at `path` with provenance when given.
 
@@ -216,17 +239,11 @@ def evaluate_variables(
   import numpy as np
   from etils import epath
 
-  from udpm_jax import image_io, inception, metrics, sampling
+  from udpm_jax import image_io, metrics, sampling
 
   if features is None:
-    features = inception_feature_fn(
-      inception.load_params(inception_weights or config.eval.inception_weights or None)
-    )
-  given = reference_stats or config.eval.reference_stats or None
-  ref_path = given or str(epath.Path(workdir) / "eval" / "reference_stats.npz")
-  (epath.Path(workdir) / "eval").mkdir(parents=True, exist_ok=True)
-  limit = config.eval.get("reference_num", 0) or None
-  ref, ref_count = _reference(config, features, batch, ref_path, limit, bool(given))
+    features = fid_features(config, inception_weights)
+  ref, ref_path, ref_count = run_reference(config, features, workdir, batch, reference_stats)
   sample = sample_fn or sampling.make_sample_fn(config)
   k = config.data.num_classes
   keep = bool(kid or pr)
@@ -420,7 +437,7 @@ def main(argv):
   from clu import metric_writers
   from etils import epath
 
-  from udpm_jax import checkpoint, inception
+  from udpm_jax import checkpoint
 
   # Resolves the steps (and fails on a mistyped workdir) before anything is written there.
   chosen, config = checkpoint.load_config(_WORKDIR.value, None if _ALL.value else _STEP.value)
@@ -433,9 +450,7 @@ def main(argv):
       logging.info("step %d already evaluated: %s", step, json.dumps(done))
       continue
     if features is None:
-      # The run's config may name local weights (offline clusters); the flag overrides it.
-      weights = _INCEPTION.value or config.eval.get("inception_weights") or None
-      features = inception_feature_fn(inception.load_params(weights))
+      features = fid_features(config, _INCEPTION.value)
     result = evaluate_step(
       _WORKDIR.value,
       step,

@@ -71,8 +71,7 @@ def load_params(path=None) -> dict:
     if parts[0].startswith("NetLinLayer_"):
       parts = (parts[0], parts[-1])  # drop the inner Conv_0: our head is the conv itself
     leaves[parts] = jnp.asarray(value, jnp.float32)
-  tree = traverse_util.unflatten_dict(leaves)
-  return tree
+  return traverse_util.unflatten_dict(leaves)
 
 
 def lpips_distance(params, x, y):

@@ -2,8 +2,8 @@
 
   python -m udpm_jax.superres --workdir=DIR --level=1 --num=1000 [--out=report.json]
 
-measures PSNR and LPIPS (and with `--fid`, FID) of ×s^level upsampling on held-out images of the run's dataset (the
-config's data with split 'test'): the low-resolution input is H^level x_0 in image units (for the
+measures PSNR and LPIPS (and with `--fid`, FID) of ×s^level upsampling on held-out images of the
+run's dataset (the config's data with split 'test'): the low-resolution input is H^level x_0 in image units (for the
 'norm' box kernel, average pooling), and UDPM (`sampling.make_upsample_fn`) is compared with
 nearest-neighbour and bicubic resizing of the same input. `--images=FILE.npz` (array 'images',
 uint8 NHWC at the level's side, gray or RGB; optional 'labels') upsamples your own images into
@@ -196,24 +196,12 @@ def main(argv):
   labels = labels if config.data.num_classes else None
   features = reference = None
   if _FID.value:
-    from etils import epath
+    from udpm_jax import evaluate
 
-    from udpm_jax import evaluate, inception
-
-    features = evaluate.inception_feature_fn(
-      inception.load_params(_INCEPTION.value or config.eval.inception_weights or None)
-    )
-    given = _REFERENCE.value or config.eval.reference_stats or None
-    path = given or epath.Path(_WORKDIR.value) / "eval" / "reference_stats.npz"
-    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    reference = evaluate.reference_statistics(
-      config,
-      features,
-      _BATCH.value,
-      path,
-      limit=config.eval.get("reference_num", 0) or None,
-      given=bool(given),
-    )
+    features = evaluate.fid_features(config, _INCEPTION.value)
+    reference = evaluate.run_reference(
+      config, features, _WORKDIR.value, _BATCH.value, _REFERENCE.value
+    )[0]
   report = measure(
     config,
     variables,

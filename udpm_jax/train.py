@@ -307,13 +307,11 @@ class _Evaluator:
     self.features = None
 
   def __call__(self, step, state):
-    from udpm_jax import evaluate, inception
+    from udpm_jax import evaluate
 
     e = self.config.eval
     if self.features is None:  # built once: later evaluations reuse the compiled program
-      self.features = evaluate.inception_feature_fn(
-        inception.load_params(e.inception_weights or None)
-      )
+      self.features = evaluate.fid_features(self.config)
     variables = {"params": state.ema_params, **state.g_consts}
     result = evaluate.evaluate_variables(
       self.config,

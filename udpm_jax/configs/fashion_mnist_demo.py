@@ -12,8 +12,9 @@ The forward process, the reverse chain and the losses are those of the paper con
 is sized for ~15 minutes on 2 CPU cores, where the release's recipe leaves the coarse levels
 unlearnt (README, "CPU demo"):
 - discriminator quirks off: the release's stddev feature summed over C·H·W and its dropout on
-  the logit make the level-1 logits ~1,600× the level-3 ones at initialisation (126 vs 0.08), and the discriminator's
-  one Adam state, shared by all levels, then scales level 3's updates to almost nothing;
+  the logit make the level-1 logits ~1,600× the level-3 ones at initialisation (126 vs 0.08),
+  and the discriminator's one Adam state, shared by all levels, then scales level 3's updates
+  to almost nothing;
 - instance noise 0.1 annealed 0.99 every 10 steps (0.4 every 1000 in the release): the detail each
   level adds has a std of 0.22–0.31, which D noise of 0.4 hides for the whole of a short run;
 - Adam b1 = 0.5 and R1 γ 0.05 at level 3: with b1 = 0.9 the adversarial-only level 3 ignored
