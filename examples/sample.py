@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import udpm_jax
-from udpm_jax import image_io, sampling, superres
+from udpm_jax import image_io, sampling, super_resolution
 from udpm_jax import process as proc
 
 workdir = os.environ.get("UDPM_WORKDIR", "/tmp/udpm_demo")
@@ -82,11 +82,13 @@ image_io.save_png_grid(os.path.join(out, "perturb.png"), np.concatenate(rows), n
 
 # %%
 upsample = sampling.make_upsample_fn(config, from_level=1)
-low = superres.low_resolution(config, images, 1)
+low = super_resolution.low_resolution(config, images, 1)
 high = upsample(variables, jax.random.PRNGKey(3), low)
-classical = superres.classical_upsampling(low, config.data.image_size)
+classical = super_resolution.classical_upsampling(low, config.data.image_size)
 for name, x in {"udpm": high, **classical}.items():
-  print(f"{name:8s} PSNR vs the source images: {float(np.mean(superres.psnr(x, images))):.2f} dB")
+  print(
+    f"{name:8s} PSNR vs the source images: {float(np.mean(super_resolution.psnr(x, images))):.2f} dB"
+  )
 image_io.save_png_grid(
   os.path.join(out, "superres.png"),
   np.concatenate(

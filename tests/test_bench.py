@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 import udpm_jax
-from udpm_jax import bench
+from udpm_jax import benchmark
 
 
 @pytest.mark.slow
 def test_sampler_costs_under_a_third_of_one_full_resolution_call():
   config = udpm_jax.configs.get_config("test")
-  r = bench.report(config, batch=4, repeats=1)
+  r = benchmark.report(config, batch=4, repeats=1)
   f = r["flops"]
   per_level = [f["network_calls_per_level"][str(level)] for level in (1, 2, 3)]
   # Each level halves the side: the network's cost falls roughly 4× per level.
@@ -26,7 +26,7 @@ def test_sampler_costs_under_a_third_of_one_full_resolution_call():
 def test_training_report_measures_every_level_and_reports_progress():
   config = udpm_jax.configs.get_config("test")
   snapshots = []
-  r = bench.report(config, batch=2, train_batch=8, repeats=1, on_progress=snapshots.append)
+  r = benchmark.report(config, batch=2, train_batch=8, repeats=1, on_progress=snapshots.append)
   t = r["training"]
   rows = [t["per_level"][str(level)] for level in (1, 2, 3)]
   # Expected step = one D and one G update at uniformly drawn levels.
@@ -47,10 +47,12 @@ def test_training_report_measures_every_level_and_reports_progress():
 
 
 def test_mfu_peak_by_device_name_and_compute_dtype():
-  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
   # A TPU v5e reports itself as "TPU v5 lite"; both names have the v5e peak.
-  assert bench.peak_flops("TPU v5 lite", "bfloat16") == bench.peak_flops("TPU v5e", "bfloat16")
-  assert bench.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == benchmark.peak_flops(
+    "TPU v5e", "bfloat16"
+  )
+  assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == 197e12
   # float32 compute has no 16-bit peak to compare with; an unknown device has none at all.
-  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "float32") is None
-  assert bench.peak_flops("cpu", "bfloat16") is None
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "float32") is None
+  assert benchmark.peak_flops("cpu", "bfloat16") is None

@@ -12,8 +12,8 @@ import pytest
 
 import udpm_jax
 from tests.conftest import REPO
-from tests.toy_models import pooled_pixel_features
-from udpm_jax import checkpoint, data, evaluate, image_io, metrics, sampling
+from tests.toy_models import pooled_pixel_features, pooled_pixel_net
+from udpm_jax import checkpoint, data, evaluation, image_io, metrics, sampling, sharding
 from udpm_jax import train_step as ts
 
 
@@ -23,7 +23,7 @@ def workdir(tmp_path_factory):
   config = udpm_jax.configs.get_config("test")
   config.eval.update(reference_num=24)
   path = tmp_path_factory.mktemp("eval_run")
-  _, _, init_fn, _ = ts.build(config, ts.make_mesh())
+  _, init_fn, _ = ts.build(config, sharding.make_mesh())
   manager = checkpoint.make_manager(path, config)
   checkpoint.save(manager, 5, init_fn(jax.random.PRNGKey(0)), config, force=True)
   manager.wait_until_finished()
@@ -46,7 +46,7 @@ def _features_by_hand(workdir, seed, num, batch):
 
 
 def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
-  result = evaluate.evaluate_step(
+  result = evaluation.evaluate_step(
     workdir, None, 12, batch=8, seed=3, features=pooled_pixel_features
   )
   assert result["step"] == 5 and result["num_samples"] == 12 and result["reference_count"] == 24
@@ -67,13 +67,13 @@ def test_fid_of_a_checkpoint_follows_the_protocol(workdir):
   assert result["fid"] > 1e-3
 
   # Deterministic, and a different seed gives different samples.
-  again = evaluate.evaluate_step(workdir, 5, 12, batch=8, seed=3, features=pooled_pixel_features)
+  again = evaluation.evaluate_step(workdir, 5, 12, batch=8, seed=3, features=pooled_pixel_features)
   assert again["fid"] == result["fid"]
-  other = evaluate.evaluate_step(workdir, 5, 12, batch=8, seed=4, features=pooled_pixel_features)
+  other = evaluation.evaluate_step(workdir, 5, 12, batch=8, seed=4, features=pooled_pixel_features)
   assert other["fid"] != result["fid"]
 
   # A different reference size recomputes the cached reference statistics instead of reusing them.
-  fewer = evaluate.evaluate_step(
+  fewer = evaluation.evaluate_step(
     workdir, 5, 12, batch=8, seed=3, features=pooled_pixel_features, reference_num=16
   )
   assert fewer["reference_count"] == 16 and fewer["fid"] != result["fid"]
@@ -91,13 +91,15 @@ def test_reference_stats_made_by_other_feature_weights_are_recomputed(tmp_path):
     features.weights_digest = digest
     return features
 
-  a = evaluate.reference_statistics(config, features_of("a"), batch=8, path=path, limit=16)
+  a = evaluation.reference_statistics(config, features_of("a"), batch=8, path=path, limit=16)
   assert metrics.load_reference_stats(path)[1]["feature_weights_sha256"] == "a"
-  b = evaluate.reference_statistics(config, features_of("b"), batch=8, path=path, limit=16)
+  b = evaluation.reference_statistics(config, features_of("b"), batch=8, path=path, limit=16)
   assert metrics.load_reference_stats(path)[1]["feature_weights_sha256"] == "b"
   np.testing.assert_allclose(b.total, 2 * a.total, rtol=1e-12)
   # Features that do not say which weights they use trust the cache.
-  again = evaluate.reference_statistics(config, pooled_pixel_features, batch=8, path=path, limit=16)
+  again = evaluation.reference_statistics(
+    config, pooled_pixel_features, batch=8, path=path, limit=16
+  )
   np.testing.assert_array_equal(again.total, b.total)
 
 
@@ -110,7 +112,7 @@ def test_kid_and_precision_recall_use_cached_reference_features(workdir):
     return pooled_pixel_features(images)
 
   kwargs = dict(batch=8, seed=5, kid=True, pr=True, features=counting, resume=False)
-  first = evaluate.evaluate_step(workdir, 5, 12, **kwargs)
+  first = evaluation.evaluate_step(workdir, 5, 12, **kwargs)
   train_images, _ = data.load_arrays(config, split="train", limit=12)
   ref = pooled_pixel_features(train_images)
   feats = _features_by_hand(workdir, seed=5, num=12, batch=8)
@@ -123,7 +125,7 @@ def test_kid_and_precision_recall_use_cached_reference_features(workdir):
   # Another step (here: the same one again) featurizes only its samples: 2 batches of 8.
   (workdir / "eval" / "step_5.json").unlink()
   featurized.clear()
-  again = evaluate.evaluate_step(workdir, 5, 12, **kwargs)
+  again = evaluation.evaluate_step(workdir, 5, 12, **kwargs)
   assert featurized == [8, 8] and again == first
 
 
@@ -137,13 +139,13 @@ def test_reference_size_is_checked_against_the_split_and_foreign_stats_are_kept(
     featurized.append(len(images))
     return pooled_pixel_features(images)
 
-  evaluate.reference_statistics(config, counting, batch=64, path=path, limit=16)
+  evaluation.reference_statistics(config, counting, batch=64, path=path, limit=16)
   # "All images" is not satisfied by a cache of 16: recomputed over the whole split.
-  whole = evaluate.reference_statistics(config, counting, batch=64, path=path, limit=None)
+  whole = evaluation.reference_statistics(config, counting, batch=64, path=path, limit=None)
   assert int(whole.count) == size and sum(featurized) == 16 + size
   # A limit beyond the split is the whole split: the cache serves, nothing is featurized again.
   featurized.clear()
-  again = evaluate.reference_statistics(config, counting, batch=64, path=path, limit=10 * size)
+  again = evaluation.reference_statistics(config, counting, batch=64, path=path, limit=10 * size)
   assert featurized == [] and int(again.count) == size
 
   # Statistics made elsewhere (pytorch-fid's mu/sigma, no provenance) are used as given and never
@@ -151,7 +153,7 @@ def test_reference_size_is_checked_against_the_split_and_foreign_stats_are_kept(
   foreign = tmp_path / "pytorch_fid.npz"
   np.savez(foreign, mu=np.zeros(3), sigma=np.eye(3))
   before = foreign.read_bytes()
-  stats = evaluate.reference_statistics(config, counting, batch=64, path=foreign, limit=16)
+  stats = evaluation.reference_statistics(config, counting, batch=64, path=foreign, limit=16)
   np.testing.assert_allclose(stats.cov, np.eye(3), atol=1e-12)
   assert featurized == [] and foreign.read_bytes() == before
 
@@ -160,7 +162,7 @@ def test_missing_checkpoint_step_is_a_clear_error(workdir):
   with pytest.raises(
     checkpoint.CheckpointError, match=r"No checkpoint for step 7 .*available: \[5\]"
   ):
-    evaluate.evaluate_step(workdir, 7, 8, batch=8, features=pooled_pixel_features)
+    evaluation.evaluate_step(workdir, 7, 8, batch=8, features=pooled_pixel_features)
 
 
 class _Interrupted(Exception):
@@ -182,7 +184,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(workdir):
 
   def run(seed=7, **kwargs):
     calls.clear()
-    result = evaluate.evaluate_step(
+    result = evaluation.evaluate_step(
       workdir,
       5,
       18,
@@ -199,7 +201,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(workdir):
     calls.clear()
     stop_after[0] = 3
     with pytest.raises(_Interrupted):
-      evaluate.evaluate_step(
+      evaluation.evaluate_step(
         workdir,
         5,
         18,
@@ -239,23 +241,23 @@ def _features_with_digest(digest):
 def test_a_reference_file_of_yours_is_checked_used_as_given_and_never_rewritten(tmp_path):
   config = udpm_jax.configs.get_config("test")
   mine = tmp_path / "shared_reference.npz"
-  full = evaluate.reference_statistics(config, _features_with_digest("a"), 64, mine, limit=None)
+  full = evaluation.reference_statistics(config, _features_with_digest("a"), 64, mine, limit=None)
   before = mine.read_bytes()
   # Another image count than the run asks for: used as given (it is the user's choice) ...
-  used = evaluate.reference_statistics(
+  used = evaluation.reference_statistics(
     config, _features_with_digest("a"), 64, mine, limit=16, given=True
   )
   assert int(used.count) == int(full.count) == 256 and mine.read_bytes() == before
   # ... but another feature network or dataset would give wrong numbers: refused, file kept.
   with pytest.raises(ValueError, match=r"feature weights a.*not b.*--reference_stats"):
-    evaluate.reference_statistics(config, _features_with_digest("b"), 64, mine, 16, given=True)
+    evaluation.reference_statistics(config, _features_with_digest("b"), 64, mine, 16, given=True)
   other = udpm_jax.configs.get_config("test")
   other.data.name = "another_dataset"
   with pytest.raises(ValueError, match="dataset 'synthetic', not 'another_dataset'"):
-    evaluate.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
+    evaluation.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
   other.data.name, other.data.image_size = config.data.name, 2 * config.data.image_size
   with pytest.raises(ValueError, match=r"describe \d+² images"):
-    evaluate.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
+    evaluation.reference_statistics(other, _features_with_digest("a"), 64, mine, 16, given=True)
   assert mine.read_bytes() == before
   # The workdir's own cache of another dataset is recomputed instead.
   other = udpm_jax.configs.get_config("test")
@@ -263,7 +265,7 @@ def test_a_reference_file_of_yours_is_checked_used_as_given_and_never_rewritten(
   other.data.source = config.data.source
   cache = tmp_path / "cache.npz"
   shutil.copy(mine, cache)
-  evaluate.reference_statistics(other, _features_with_digest("a"), 64, cache, limit=None)
+  evaluation.reference_statistics(other, _features_with_digest("a"), 64, cache, limit=None)
   assert metrics.load_reference_stats(cache)[1]["dataset"] == "another_dataset"
 
 
@@ -275,7 +277,7 @@ def test_pytorch_fid_statistics_report_no_image_count(workdir, tmp_path):
   ref = metrics.FIDStats.from_model_output(feats)
   path = tmp_path / "pytorch_fid_stats.npz"
   np.savez(path, mu=ref.mean, sigma=ref.cov)
-  result = evaluate.evaluate_step(
+  result = evaluation.evaluate_step(
     workdir, 5, 8, batch=8, features=pooled_pixel_features, reference_stats=str(path), resume=False
   )
   assert result["reference_count"] is None and result["reference_stats"] == str(path)
@@ -286,10 +288,10 @@ def test_a_new_evaluation_of_a_step_keeps_the_earlier_one_of_other_settings(work
   """E.g. in-training FID of a few samples, then the final FID of many: both results stay."""
   out = workdir / "eval" / "step_5.json"
   kwargs = dict(batch=8, features=pooled_pixel_features, resume=False)
-  small = evaluate.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
-  again = evaluate.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
+  small = evaluation.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
+  again = evaluation.evaluate_step(workdir, 5, 8, seed=1, **kwargs)
   assert again == small and not (workdir / "eval" / "step_5.num8.seed1.json").exists()
-  larger = evaluate.evaluate_step(workdir, 5, 16, seed=1, **kwargs)
+  larger = evaluation.evaluate_step(workdir, 5, 16, seed=1, **kwargs)
   assert json.loads(out.read_text()) == larger
   assert json.loads((workdir / "eval" / "step_5.num8.seed1.json").read_text()) == small
   out.unlink()
@@ -339,7 +341,33 @@ def test_an_unreadable_reference_features_cache_is_recomputed(tmp_path):
   config = udpm_jax.configs.get_config("test")
   path = tmp_path / "reference_features.npz"
   path.write_bytes(b"PK\x03\x04 a copy cut short")
-  feats = evaluate.reference_features(config, pooled_pixel_features, 64, 16, path)
+  feats = evaluation.reference_features(config, pooled_pixel_features, 64, 16, path)
   expected = pooled_pixel_features(data.load_arrays(config, split="train", limit=16)[0])
   np.testing.assert_allclose(feats, expected, rtol=1e-6)
   np.testing.assert_array_equal(np.load(path)["features"], feats)
+
+
+def test_one_sharded_program_samples_and_featurises_any_num_on_eight_devices(workdir):
+  """The evaluator's fused program (sample → uint8 → features, `evaluation.FeatureNet`) gives the
+  features of the host path (sampler, fetch, uint8, features) for a batch 8 does not divide, each
+  device holding 1/8 of the padded batch, and only the features coming back."""
+  assert len(jax.devices()) == 8
+  config, variables = checkpoint.restore_params(workdir)
+  net = pooled_pixel_net()
+  fused = evaluation.make_sample_features_fn(config, net)
+  key = jax.random.PRNGKey(4)
+  labels = np.arange(12) % config.data.num_classes
+  got = fused(variables, key, 12, labels)
+  images = sampling.make_sample_fn(config)(variables, key, num=12, labels=labels)
+  np.testing.assert_allclose(got, pooled_pixel_features(image_io.to_uint8(images)), atol=1e-6)
+  assert got.shape == (12, 16 * config.data.channels)
+  rep = sharding.replicated(sharding.make_mesh())
+  args = jax.device_put((variables, None, key, jax.numpy.asarray(labels)), rep)
+  out = fused.program(*args[:3], 12, args[3])
+  assert {s.data.shape[0] for s in out.addressable_shards} == {2}  # 16 padded rows / 8 devices
+  # The evaluator gives the same FID through either path.
+  host = evaluation.evaluate_step(
+    workdir, 5, 12, batch=12, features=pooled_pixel_features, resume=False
+  )
+  device = evaluation.evaluate_step(workdir, 5, 12, batch=12, features=net, resume=False)
+  assert device["fid"] == pytest.approx(host["fid"], rel=1e-5)

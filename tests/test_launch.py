@@ -4,6 +4,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -268,9 +269,9 @@ def test_slurm_requeues_a_run_stopped_by_a_signal_and_passes_errors_on(tmp_path)
 
 def test_every_console_script_names_a_command_module_with_run():
   """Each `udpm-*` entry point resolves to a callable `run`, and every command module of the
-  package (one that defines `run()` with no arguments) has an entry point."""
+  package (one that defines `run()` with no arguments) has an entry point. Command modules define
+  their flags when imported, so each is imported in a process of its own."""
   import ast
-  import importlib
 
   tree = ast.parse((REPO / "setup.py").read_text())
   entries = [
@@ -283,7 +284,9 @@ def test_every_console_script_names_a_command_module_with_run():
     name, target = entry.split("=")
     module, func = target.split(":")
     assert name.startswith("udpm-"), entry
-    assert callable(getattr(importlib.import_module(module), func)), entry
+    check = f"import {module} as m; assert callable(m.{func})"
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, (entry, done.stderr[-2000:])
     targets[module] = name
   commands = {
     f"udpm_jax.{path.stem}"

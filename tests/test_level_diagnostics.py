@@ -13,27 +13,27 @@ from udpm_jax import train
 from udpm_jax import train_step as ts
 
 
-def _parts(**training):
+def _spec_and_state(**training):
   config = udpm_jax.configs.get_config("test")
   config.training.update(**training)
   udpm_jax.configs.validate(config)
   gen, disc = toy_pair(config)
   g_tx, d_tx = ts.make_optimizers(config)
-  _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx)
+  spec = ts.StepSpec.from_config(config, gen, disc, g_tx, d_tx)
   init = ts.init_state(config, jax.random.PRNGKey(0), gen, disc, g_tx, d_tx)
-  return config, parts, init
+  return config, spec, init
 
 
-def _drawn_levels(parts, init, n):
-  draw = jax.jit(jax.vmap(lambda s: parts.draw_levels(init.replace(step=s))))
+def _drawn_levels(spec, init, n):
+  draw = jax.jit(lambda steps: ts.draw_level_table(spec, init.key, steps))
   level_d, level_g = draw(jnp.arange(n, dtype=jnp.int32))
   return np.asarray(level_d), np.asarray(level_g)
 
 
 def test_level_weights_set_how_often_each_level_is_drawn():
   n = 6000
-  _, parts, init = _parts(level_weights=(1.0, 0.0, 3.0))
-  level_d, level_g = _drawn_levels(parts, init, n)
+  _, spec, init = _spec_and_state(level_weights=(1.0, 0.0, 3.0))
+  level_d, level_g = _drawn_levels(spec, init, n)
   for drawn in (level_d, level_g):
     counts = np.bincount(drawn, minlength=4)[1:]
     assert counts[1] == 0  # weight 0: never drawn
@@ -44,8 +44,8 @@ def test_level_weights_set_how_often_each_level_is_drawn():
 
 
 def test_uniform_levels_by_default():
-  _, parts, init = _parts()
-  level_d, _ = _drawn_levels(parts, init, 3000)
+  _, spec, init = _spec_and_state()
+  level_d, _ = _drawn_levels(spec, init, 3000)
   counts = np.bincount(level_d, minlength=4)[1:]
   assert counts.min() > 850 and counts.max() < 1150  # 1000 ± 4.9 std each
 
@@ -62,15 +62,15 @@ def test_bad_level_weights_are_refused(weights, message):
 
 
 def test_d_metrics_report_accuracy_and_update_size():
-  config, parts, init = _parts()
+  config, spec, init = _spec_and_state()
   rng = np.random.default_rng(0)
   b, n, c = ts.global_batch_size(config), config.data.image_size, config.data.channels
   batch = {
     "image": jnp.asarray(rng.uniform(-1, 1, (b, n, n, c)), jnp.float32),
     "label": jnp.asarray(rng.integers(0, config.data.num_classes, b), jnp.int32),
   }
-  init, _ = parts.d_update(init, batch, level_d=2)  # the warm-up's first update has lr 0
-  state, m = parts.d_update(init, batch, level_d=2)
+  init, _ = ts.d_update(spec, init, batch, level=2)  # the warm-up's first update has lr 0
+  state, m = ts.d_update(spec, init, batch, level=2)
   for name in ("d_real_acc", "d_fake_acc"):
     # A fraction of the batch: a multiple of 1/B in [0, 1].
     assert 0.0 <= m[name] <= 1.0 and float(m[name] * b) == pytest.approx(round(float(m[name] * b)))

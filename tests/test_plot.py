@@ -13,7 +13,7 @@ from PIL import Image
 
 import udpm_jax
 from tests.conftest import REPO
-from udpm_jax import checkpoint, models, plot
+from udpm_jax import checkpoint, figures, models
 from udpm_jax import process as proc
 
 # What the "runs" below log: per-level G L1 / D loss / D accuracy at steps 2, 4, 6.
@@ -78,31 +78,31 @@ def run_dir(tmp_path_factory):
 
 
 def test_curves_are_the_logged_values(run_dir, tmp_path):
-  scalars = plot.read_scalars(run_dir)
+  scalars = figures.read_scalars(run_dir)
   for tag in LOGGED[2]:
     # clu writes float32 scalars; the resumed run's values replace the killed run's.
     assert scalars[tag] == [(s, float(np.float32(LOGGED[s][tag]))) for s in (2, 4, 6)]
   # A file cut inside its last record (a writer killed mid-write) still gives the records before.
   cut = tmp_path / "cut"
   cut.mkdir()
-  files = plot.event_files(run_dir)
+  files = figures.event_files(run_dir)
   (cut / files[0].name).write_bytes(files[0].read_bytes())
   (cut / files[1].name).write_bytes(files[1].read_bytes()[:-3])
-  partial = plot.read_scalars(cut)
+  partial = figures.read_scalars(cut)
   # The resumed run's last write was its step-6 dict, whose last scalar is eval/fid.
   assert partial == {tag: points for tag, points in scalars.items() if tag != "eval/fid"}
   assert not any(tag.startswith("samples") or tag.startswith("_hparams_") for tag in scalars)
-  assert list(plot.by_level(scalars, "d_loss")) == [1, 2, 3]
-  assert plot.read_fid(run_dir, scalars) == {
+  assert list(figures.by_level(scalars, "d_loss")) == [1, 2, 3]
+  assert figures.read_fid(run_dir, scalars) == {
     "FID-2k": [(2, 400.25), (4, 360.0)],
     "FID-10k": [(4, 350.0)],
     "FID (eval/fid)": [(6, float(np.float32(300.5)))],
   }
-  titles = [title for title, _ in plot.curve_panels(scalars, plot.read_fid(run_dir, scalars))]
+  titles = [title for title, _ in figures.curve_panels(scalars, figures.read_fid(run_dir, scalars))]
   assert titles[0] == "generator L1" and titles[-1] == "FID" and len(titles) == 4
   # Without the accuracy scalars (runs logged before they existed) that panel is left out.
   no_acc = {k: v for k, v in scalars.items() if "_acc/" not in k}
-  assert len(plot.curve_panels(no_acc, {})) == 2
+  assert len(figures.curve_panels(no_acc, {})) == 2
 
 
 def test_command_writes_the_pictures(run_dir, tmp_path):
@@ -144,9 +144,9 @@ def test_command_writes_the_pictures(run_dir, tmp_path):
 def test_sample_figures_show_the_samples_pixel_for_pixel():
   rng = np.random.default_rng(0)
   levels = [rng.uniform(-1, 1, (6, n, n, 1)).astype(np.float32) for n in (2, 4, 8)]
-  scale = plot.auto_scale(8)
+  scale = figures.auto_scale(8)
   assert scale == 8
-  image = plot.samples_figure(levels[-1], rows=2, scale=scale)
+  image = figures.samples_figure(levels[-1], rows=2, scale=scale)
   assert image.shape[-1] == 1  # grayscale images and black text: stored as one channel
   # With no labels the mosaic sits 8 pixels from the left and 4 from the top.
   first = image[4 : 4 + 64, 8 : 8 + 64, 0]
@@ -159,21 +159,22 @@ def test_sample_figures_show_the_samples_pixel_for_pixel():
   )
   # The levels figure (no labels: its column headers take 16 pixels more) ends each sample's
   # strip x_2, x_1, x_0 with the same final image, each level's tile at its `offsets` position.
-  strips = plot.levels_figure(levels, rows=2, per_row=2, scale=scale)
-  x0_of_second = plot.offsets(6, 64, group=3)[5]
+  strips = figures.levels_figure(levels, rows=2, per_row=2, scale=scale)
+  x0_of_second = figures.offsets(6, 64, group=3)[5]
   np.testing.assert_array_equal(
     strips[20 : 20 + 64, 8 + x0_of_second : 8 + x0_of_second + 64], image[4 : 4 + 64, 74:138]
   )
-  assert plot.offsets(4, 10, pad=2, group=2, group_pad=8).tolist() == [0, 12, 30, 42]
+  assert figures.offsets(4, 10, pad=2, group=2, group_pad=8).tolist() == [0, 12, 30, 42]
   assert (
-    plot.sample_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2] and plot.sample_labels(0, 2) is None
+    figures.sample_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]
+    and figures.sample_labels(0, 2) is None
   )
-  assert plot.auto_scale(32) == 2 and plot.auto_scale(64) == 1
+  assert figures.auto_scale(32) == 2 and figures.auto_scale(64) == 1
 
 
 def test_an_empty_workdir_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither TensorBoard event files nor checkpoints"):
-    plot.make_plots(tmp_path)
+    figures.make_plots(tmp_path)
   with pytest.raises(ValueError, match="must be >= 1"):
-    plot.make_plots(tmp_path, num_per_class=0)
+    figures.make_plots(tmp_path, num_per_class=0)
   assert not (tmp_path / "plots").exists()

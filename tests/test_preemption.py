@@ -15,7 +15,7 @@ import pytest
 
 import udpm_jax
 from tests.runs import assert_same_weights, subprocess_env, train_cli, tree_digests
-from udpm_jax import checkpoint, preemption
+from udpm_jax import checkpoint, preemption, sharding
 from udpm_jax import train_step as ts
 
 
@@ -86,7 +86,7 @@ def _damage(step_dir, kind):
 
 def _resume_target(workdir):
   _, config = checkpoint.load_config(workdir, 6)
-  _, _, init_fn, _ = ts.build(config, ts.make_mesh())
+  _, init_fn, _ = ts.build(config, sharding.make_mesh())
   return config, jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
 
 
@@ -199,7 +199,7 @@ def _bytes_read() -> int:
 @pytest.mark.slow
 def test_notebook_restore_reads_only_the_generator(reference_run):
   _, config = checkpoint.load_config(reference_run)
-  _, _, init_fn, _ = ts.build(config, ts.make_mesh(jax.devices()[:1]))
+  _, init_fn, _ = ts.build(config, sharding.make_mesh(jax.devices()[:1]))
   target = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   start = _bytes_read()
   reader = checkpoint.make_manager(reference_run, config, read_only=True)

@@ -5,7 +5,7 @@ release's own step functions on a small network with the CIFAR10 process and los
 on), seeded weights, and injected draws (the level, the forward-process noise of x_l, D's instance
 noise on fake, real and G's prediction), run in float64 (the release's own float32 run is up to
 ~1.4e-4 off that on a few cancelling GroupNorm-scale gradients). Here our D and G losses
-(train_step.StepParts) take the same draws in float32, Adam updates both (our G step seeing the
+(train_step.d_loss, train_step.g_loss) take the same draws in float32, Adam updates both (our G step seeing the
 release's updated D, so that it is compared on its own), and at every level the losses, the
 gradients and the updated weights agree to 1e-4 relative (max |ours − theirs| / max |theirs| per
 tensor). Updated weights leave out the entries whose gradient is nonzero but

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import udpm_jax
-from udpm_jax import data, models, superres
+from udpm_jax import data, models, super_resolution
 from udpm_jax import process as proc
 
 
@@ -15,11 +15,11 @@ def test_low_resolution_is_in_image_units_and_psnr_matches_its_closed_form():
   config = udpm_jax.configs.get_config("test")
   x = jnp.full((2, 16, 16, 3), 0.3)
   for level in (1, 2, 3):
-    y = superres.low_resolution(config, x, level)
+    y = super_resolution.low_resolution(config, x, level)
     assert y.shape == (2, 16 // 2**level, 16 // 2**level, 3)
     np.testing.assert_allclose(y, 0.3, atol=1e-6)
-  np.testing.assert_allclose(superres.psnr(x + 0.1, x), 10 * np.log10(4 / 0.01), rtol=1e-5)
-  ups = superres.classical_upsampling(jnp.full((1, 4, 4, 1), -0.5), 16)
+  np.testing.assert_allclose(super_resolution.psnr(x + 0.1, x), 10 * np.log10(4 / 0.01), rtol=1e-5)
+  ups = super_resolution.classical_upsampling(jnp.full((1, 4, 4, 1), -0.5), 16)
   for out in ups.values():
     np.testing.assert_allclose(out, -0.5, atol=1e-6)
 
@@ -66,7 +66,7 @@ def test_trained_tiny_model_beats_nearest_neighbour_on_held_out_images(assets):
     params, opt, loss = step(params, opt, batch, jax.random.PRNGKey(i))
     losses.append(float(loss))
   assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:5])
-  report = superres.measure(
+  report = super_resolution.measure(
     config, {"params": params, **variables}, test_x, None, 1, jax.random.PRNGKey(1), batch=32
   )
   assert report["udpm"]["psnr"] > report["nearest"]["psnr"] + 0.5, report
@@ -78,17 +78,17 @@ def test_images_to_upsample_are_checked_converted_and_keep_their_labels(tmp_path
   config = udpm_jax.configs.get_config("test")  # 16², s = 2, RGB, 10 classes
   gray = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
   np.savez(tmp_path / "gray.npz", images=gray, labels=np.array([2, 0, 9]))
-  images, labels = superres.read_low_resolution(tmp_path / "gray.npz", config, level=1)
+  images, labels = super_resolution.read_low_resolution(tmp_path / "gray.npz", config, level=1)
   assert images.shape == (3, 8, 8, 3) and labels.tolist() == [2, 0, 9]
   np.testing.assert_allclose(images[..., 2], gray / 127.5 - 1.0, atol=1e-6)  # gray → RGB
   with pytest.raises(ValueError, match=r"--level=2 of this run needs uint8 \(M, 4, 4, C\)"):
-    superres.read_low_resolution(tmp_path / "gray.npz", config, level=2)
+    super_resolution.read_low_resolution(tmp_path / "gray.npz", config, level=2)
   np.savez(tmp_path / "bad_labels.npz", images=gray, labels=np.array([2, 0, 10]))
   with pytest.raises(data.DataError, match=r"labels must lie in \[0, data.num_classes=10\)"):
-    superres.read_low_resolution(tmp_path / "bad_labels.npz", config, level=1)
+    super_resolution.read_low_resolution(tmp_path / "bad_labels.npz", config, level=1)
   np.savez(tmp_path / "float.npz", images=gray.astype(np.float32))
   with pytest.raises(ValueError, match="'images' is float32"):
-    superres.read_low_resolution(tmp_path / "float.npz", config, level=1)
+    super_resolution.read_low_resolution(tmp_path / "float.npz", config, level=1)
 
 
 def test_fid_of_each_method_against_a_reference():
@@ -107,7 +107,7 @@ def test_fid_of_each_method_against_a_reference():
     return f.reshape(len(f), -1)
 
   reference = metrics.FIDStats.from_model_output(features(image_io.to_uint8(x)))
-  report = superres.measure(
+  report = super_resolution.measure(
     config,
     variables,
     x,
@@ -119,12 +119,14 @@ def test_fid_of_each_method_against_a_reference():
     reference=reference,
   )
   assert report["original"]["fid"] < 1e-3 and set(report["original"]) == {"fid"}
-  y = superres.low_resolution(config, x, 1)
-  bicubic = superres.classical_upsampling(y, 16)["bicubic"]
+  y = super_resolution.low_resolution(config, x, 1)
+  bicubic = super_resolution.classical_upsampling(y, 16)["bicubic"]
   expect = metrics.fid(
     metrics.FIDStats.from_model_output(features(image_io.to_uint8(bicubic))), reference
   )
   np.testing.assert_allclose(report["bicubic"]["fid"], expect, rtol=1e-4)
   assert report["bicubic"]["fid"] > 10 and report["udpm"]["fid"] > 10
   with pytest.raises(ValueError, match="both"):
-    superres.measure(config, variables, x, None, 1, jax.random.PRNGKey(2), features=features)
+    super_resolution.measure(
+      config, variables, x, None, 1, jax.random.PRNGKey(2), features=features
+    )

@@ -13,8 +13,8 @@ import pytest
 import udpm_jax
 from tests.conftest import REPO
 from tests.runs import assert_same_weights, signal_when, subprocess_env, train_cli, tree_digests
-from tests.toy_models import pooled_pixel_features
-from udpm_jax import checkpoint, data, evaluate, inception, train
+from tests.toy_models import pooled_pixel_net
+from udpm_jax import checkpoint, data, evaluation, sharding, train
 from udpm_jax import process as proc
 from udpm_jax import train_step as ts
 
@@ -53,23 +53,25 @@ def test_restore_params_samples_and_errors(reference_run, tmp_path):
   assert images.shape == (8, 16, 16, 3) and np.all(np.abs(images) <= 1)
   assert (reference_run / "samples.png").exists()
   # The sample CLI's library form: class-balanced PNGs, resumable (a second call writes nothing).
-  from udpm_jax import sample as sample_cli
+  from udpm_jax import sample_files
 
   out = tmp_path / "pngs"
-  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4, grid=True, npz=True) == 10
+  assert sample_files.sample_to_dir(reference_run, out, 10, batch=4, grid=True, npz=True) == 10
   names = sorted(p.name for p in out.glob("0*.png"))
   assert names[:3] == ["000000_0.png", "000001_1.png", "000002_2.png"] and len(names) == 10
   assert (out / "grid_levels.png").exists()
   assert np.load(out / "samples.npz")["images"].shape == (10, 16, 16, 3)
   first = (out / "000005_5.png").read_bytes()
   (out / "000005_5.png").unlink()
-  assert sample_cli.sample_to_dir(reference_run, out, 10, batch=4) == 4  # batch 1 (4 images) redone
+  assert (
+    sample_files.sample_to_dir(reference_run, out, 10, batch=4) == 4
+  )  # batch 1 (4 images) redone
   assert (out / "000005_5.png").read_bytes() == first
   # Continuing the folder with another seed or the raw weights would mix two sets: refused.
   with pytest.raises(ValueError, match="seed: 0 there, 1 now"):
-    sample_cli.sample_to_dir(reference_run, out, 12, batch=4, seed=1)
+    sample_files.sample_to_dir(reference_run, out, 12, batch=4, seed=1)
   with pytest.raises(ValueError, match="ema: True there, False now"):
-    sample_cli.sample_to_dir(reference_run, out, 12, batch=4, ema=False)
+    sample_files.sample_to_dir(reference_run, out, 12, batch=4, ema=False)
   assert (out / "000005_5.png").read_bytes() == first
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint found"):
     checkpoint.restore_params(tmp_path)
@@ -151,8 +153,9 @@ def test_l1_falls_on_a_fixed_batch_and_nan_stops_the_run(tmp_path, monkeypatch):
   # Regression terms only, so that the measured L1 is what the generator is trained on.
   config.loss.update(adv=(0.0, 0.0, 0.0))
   config.optim.update(g_lr=1e-3, d_lr=1e-3)
-  mesh = ts.make_mesh(jax.devices()[:2])
-  gen, _, init_fn, step_fn = ts.build(config, mesh)
+  mesh = sharding.make_mesh(jax.devices()[:2])
+  spec, init_fn, step_fn = ts.build(config, mesh)
+  gen = spec.gen
   state = init_fn(jax.random.PRNGKey(0))
   batch = next(
     data.make_iterator(config, global_batch_size=8, seed=0, process_index=0, process_count=1)
@@ -180,7 +183,7 @@ def test_l1_falls_on_a_fixed_batch_and_nan_stops_the_run(tmp_path, monkeypatch):
   before = l1(state)
   history = []
   for _ in range(20):
-    state, m = step_fn(state, ts.to_global_batch(batch, mesh), None)
+    state, m = step_fn(state, sharding.to_global_batch(batch, mesh), None)
     history.append(jax.device_get(m))
   assert all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in history)
   after = l1(state)
@@ -197,8 +200,7 @@ def test_l1_falls_on_a_fixed_batch_and_nan_stops_the_run(tmp_path, monkeypatch):
 
   monkeypatch.setattr(data, "make_iterator", poisoned)
   # In-training evaluation at step 2, with cheap features standing in for Inception.
-  monkeypatch.setattr(evaluate, "inception_feature_fn", lambda params: pooled_pixel_features)
-  monkeypatch.setattr(inception, "load_params", lambda *a, **k: None)
+  monkeypatch.setattr(evaluation.features, "fid_features", lambda *a, **k: pooled_pixel_net())
   config.training.update(ckpt_every=2, log_every=1, eval_every=2)  # same step programs as above
   config.eval.update(num_samples=8, batch_size=8, reference_num=16)
   with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):

@@ -1,5 +1,7 @@
 """The jitted train step with small stand-in networks: R1, EMA, warm-up, determinism, devices."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 import udpm_jax
 from tests.toy_models import toy_pair
-from udpm_jax import losses
+from udpm_jax import losses, sharding
 from udpm_jax import train_step as ts
 
 
@@ -30,21 +32,27 @@ def _batches(config, n, seed=0):
   ]
 
 
-def _setup(config, devices):
-  """(mesh, state at seed 0, jitted step, the step's parts) with the toy networks."""
-  mesh = ts.make_mesh(devices)
+def _spec(config):
   gen, disc = toy_pair(config)
-  g_tx, d_tx = ts.make_optimizers(config)
-  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
-  step = ts.jit_train_step(config, mesh, gen, disc, g_tx, d_tx)
-  return mesh, state, step, ts.make_train_step(config, gen, disc, g_tx, d_tx)[1]
+  return ts.StepSpec.from_config(config, gen, disc, *ts.make_optimizers(config))
+
+
+def _init(config, mesh, spec):
+  return ts.jit_init(config, mesh, spec.gen, spec.disc, spec.g_tx, spec.d_tx)(jax.random.PRNGKey(0))
+
+
+def _setup(config, devices):
+  """(mesh, state at seed 0, jitted step, the step spec) with the toy networks."""
+  mesh = sharding.make_mesh(devices)
+  spec = _spec(config)
+  return mesh, _init(config, mesh, spec), ts.jit_train_step(config, mesh, spec), spec
 
 
 def _run(config, devices, batches):
   mesh, state, step, _ = _setup(config, devices)
   metrics = []
   for b in batches:
-    state, m = step(state, ts.to_global_batch(b, mesh), None)
+    state, m = step(state, sharding.to_global_batch(b, mesh), None)
     metrics.append(jax.device_get(m))
   return jax.device_get(state), metrics
 
@@ -76,7 +84,7 @@ def test_same_seed_same_result_and_scan_equals_single_steps():
   mesh, state, step, _ = _setup(config2, jax.devices()[:2])
   for i in (0, 2):
     stacked = {k: np.stack([batches[i][k], batches[i + 1][k]]) for k in batches[0]}
-    state, metrics = step(state, ts.to_global_batch(stacked, mesh, scan=True), None)
+    state, metrics = step(state, sharding.to_global_batch(stacked, mesh, scan=True), None)
   assert metrics["g_loss"].shape == (2,)
   # (lax.switch inside the scan draws the same levels from the same keys as host dispatch.)
   for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(s_a)):
@@ -87,8 +95,8 @@ def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_th
   monkeypatch,
 ):
   config = _config(log_every=4)
-  mesh, state, step_fn, parts = _setup(config, jax.devices()[:2])
-  draw = jax.jit(parts.draw_levels)
+  mesh, state, step_fn, spec = _setup(config, jax.devices()[:2])
+  draw = jax.jit(lambda state: ts.draw_levels(spec, state.key, state.step))
   # (JAX's transfer guard does not see fetches on the CPU backend, so fetches are counted.)
   fetches = []
   device_get = jax.device_get
@@ -97,24 +105,23 @@ def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_th
   for s, b in enumerate(_batches(config, 8)):
     expected = tuple(int(v) for v in device_get(draw(state)))  # the in-program draw
     fetches.clear()
-    state, m = step_fn(state, ts.to_global_batch(b, mesh), None, step=s)
+    state, m = step_fn(state, sharding.to_global_batch(b, mesh), None, step=s)
     # One fetch of the key at the start, one of the level table per block of log_every steps.
     assert len(fetches) == (2 if s == 0 else 1 if s % 4 == 0 else 0), (s, len(fetches))
     assert (int(m["level_d"]), int(m["level_g"])) == expected
     seen |= set(expected)
   assert len(seen) > 1  # the test sees more than one level's programs
   fetches.clear()
-  step_fn(state, ts.to_global_batch(b, mesh), None)  # without the step: read from the state
+  step_fn(state, sharding.to_global_batch(b, mesh), None)  # without the step: read from the state
   assert len(fetches) == 2  # the state's step (8), then the table of the block it starts
 
 
 def test_ema_is_the_hand_computation():
   config = _config(ema_decay=0.9)
-  mesh = ts.make_mesh(jax.devices()[:1])
-  gen, disc = toy_pair(config)
-  g_tx, d_tx = ts.make_optimizers(config)
-  state = ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0))
-  step = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx)[0])
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  spec = _spec(config)
+  state = _init(config, mesh, spec)
+  step = jax.jit(functools.partial(ts.train_step, spec))
   params = [jax.device_get(state.g_params)]
   for b in _batches(config, 3):
     state, _ = step(state, b, None)
@@ -138,22 +145,17 @@ def test_warmup_schedule_and_first_update_size():
   # With warm-up, the very first Adam step has learning rate 0: parameters do not move.
   config = _config()
   config.optim.warmup_steps = 10
-  mesh = ts.make_mesh(jax.devices()[:1])
-  gen, disc = toy_pair(config)
-  g_tx, d_tx = ts.make_optimizers(config)
-  state0 = jax.device_get(ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0)))
-  state1, _ = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx)[0])(
-    state0, _batches(config, 1)[0], None
-  )
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  spec = _spec(config)
+  state0 = jax.device_get(_init(config, mesh, spec))
+  state1, _ = jax.jit(functools.partial(ts.train_step, spec))(state0, _batches(config, 1)[0], None)
   for a, b in zip(jax.tree.leaves(state0.g_params), jax.tree.leaves(state1.g_params)):
     np.testing.assert_array_equal(a, b)
   # Without warm-up, Adam's first update moves each weight by lr · sign(gradient).
   config.optim.warmup_steps = 0
-  g_tx, d_tx = ts.make_optimizers(config)
-  state0 = jax.device_get(ts.jit_init(config, mesh, gen, disc, g_tx, d_tx)(jax.random.PRNGKey(0)))
-  state1, _ = jax.jit(ts.make_train_step(config, gen, disc, g_tx, d_tx)[0])(
-    state0, _batches(config, 1)[0], None
-  )
+  spec = _spec(config)
+  state0 = jax.device_get(_init(config, mesh, spec))
+  state1, _ = jax.jit(functools.partial(ts.train_step, spec))(state0, _batches(config, 1)[0], None)
   moved = np.concatenate(
     [
       np.abs(np.ravel(a - b))
@@ -199,9 +201,8 @@ def test_d_noise_schedule_and_gan_losses():
 def test_lpips_weight_without_function_is_refused():
   config = _config()
   config.loss.lpips = (1.0, 0.0, 0.0)
-  gen, disc = toy_pair(config)
   with pytest.raises(ValueError, match="loss.lpips has positive weights"):
-    ts.make_train_step(config, gen, disc, *ts.make_optimizers(config))
+    _spec(config)
 
 
 @pytest.mark.slow
@@ -212,10 +213,8 @@ def test_discriminator_draws_separate_dropout_masks_for_real_and_fake(monkeypatc
   config = _config()
   config.discriminator.update(dropout=0.5, quirk_logit_dropout=True)
   config.loss.lpips = (0.0, 0.0, 0.0)
-  mesh = ts.make_mesh(jax.devices()[:1])
-  gen, disc, init_fn, _ = ts.build(config, mesh)
-  g_tx, d_tx = ts.make_optimizers(config)
-  _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  spec, init_fn, _ = ts.build(config, mesh)
   seen = {}
 
   def recording(name, loss_fn):
@@ -228,7 +227,7 @@ def test_discriminator_draws_separate_dropout_masks_for_real_and_fake(monkeypatc
   monkeypatch.setattr(losses, "d_loss_fake", recording("fake", losses.d_loss_fake))
   monkeypatch.setattr(losses, "d_loss_real", recording("real", losses.d_loss_real))
   batch = {k: jnp.asarray(v) for k, v in _batches(config, 1)[0].items()}
-  parts.d_update(init_fn(jax.random.PRNGKey(0)), batch, level_d=2)
+  ts.d_update(spec, init_fn(jax.random.PRNGKey(0)), batch, level=2)
   dropped_fake, dropped_real = seen["fake"] == 0, seen["real"] == 0
   n = len(dropped_fake)
   assert 0 < dropped_fake.sum() < n and 0 < dropped_real.sum() < n  # the mask is active

@@ -59,3 +59,18 @@ def pooled_pixel_features(images_uint8):
   x = np.asarray(images_uint8, np.float64) / 255.0
   b, n, _, c = x.shape
   return x.reshape(b, 4, n // 4, 4, n // 4, c).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def _pooled_pixels(params, images):
+  """`pooled_pixel_features` as a traceable feature network on images in [-1, 1]."""
+  del params
+  x = (images + 1.0) / 2.0
+  b, n, _, c = x.shape
+  return x.reshape(b, 4, n // 4, 4, n // 4, c).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def pooled_pixel_net():
+  """A `FeatureNet` computing `pooled_pixel_features` inside the evaluator's sharded program."""
+  from udpm_jax import evaluation
+
+  return evaluation.FeatureNet(_pooled_pixels, params=None, weights_digest="pooled-pixels")

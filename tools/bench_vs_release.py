@@ -9,7 +9,7 @@ same config and batch. Writes one JSON with both sides and the ratios.
 Their side: `UDPM.step_disc` then `UDPM.step_SR` with Adam (as train_DDP.py runs them), the level
 fixed per measurement (their `torch.randint` draw is replaced by the level, every other draw is
 theirs), and `UDPM.sample`; float32 on the CPU, bf16 autocast on a GPU as their `--use_amp`. Our
-side: `udpm_jax.bench.report` (the per-level D and G update programs, and the jitted sampler) with
+side: `udpm_jax.benchmark.report` (the per-level D and G update programs, and the jitted sampler) with
 `training.compute_dtype` float32 on the CPU and bfloat16 on a GPU. LPIPS is off on both sides (its
 VGG trunk would dominate both and it needs torchvision's download on theirs); everything else is
 the config's (`configs/cifar10.py`, or `small`: narrow networks for a quick check).
@@ -101,9 +101,9 @@ def theirs(repo: str, config, batch: int, repeats: int) -> dict:
 def ours(config, batch: int, repeats: int) -> dict:
   import jax
 
-  from udpm_jax import bench
+  from udpm_jax import benchmark
 
-  rep = bench.report(config, batch=batch, train_batch=batch, repeats=repeats, count_flops=False)
+  rep = benchmark.report(config, batch=batch, train_batch=batch, repeats=repeats, count_flops=False)
   training = rep["training"]
   per_level = {
     level: {

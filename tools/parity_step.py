@@ -3,7 +3,7 @@
 Runs the release's own `UDPM.step_disc` and then `UDPM.step_SR` (github.com/shadyabh/UDPM, from a
 clone given on the command line; their code is not part of this project) at each level l = 1, 2, 3,
 each time from the same initial weights and fresh Adam states, and our `d_loss` / `g_loss`
-(`train_step.StepParts`) followed by our optimisers, with:
+(`train_step.d_loss`, `train_step.g_loss`) followed by our optimisers, with:
 
 * identical weights: seeded numpy arrays for every key of their state_dicts (their resampling
   filters keep their fixed values; D's output layer scaled so that its logits are not saturated,
@@ -173,19 +173,15 @@ def our_step(
   generator's entries when `generator` is False). Dropout keys are fixed; the compared networks
   have no dropout.
   """
-  from udpm_jax import losses, models
-  from udpm_jax import lpips as lpips_lib
+  from udpm_jax import models
   from udpm_jax import train_step as ts
 
   gen, disc = models.build_generator(config), models.build_discriminator(config)
   g_tx, d_tx = ts.make_optimizers(config)
-  lpips_fn = lpips_lib.lpips_distance if any(w > 0 for w in config.loss.lpips) else None
-  _, parts = ts.make_train_step(config, gen, disc, g_tx, d_tx, lpips_fn)
+  spec = ts.StepSpec.from_config(config, gen, disc, g_tx, d_tx, ts.lpips_function(config))
   state = ts.state_from_variables(g_vars, d_vars, g_tx, d_tx, jax.random.PRNGKey(0))
   lc = config.loss
-  noise_std = losses.d_noise_std(
-    state.step, lc.d_noise_std, lc.d_noise_decay, lc.d_noise_decay_every
-  )
+  noise_std = ts.d_noise_std_at(spec, state.step)
   batch = {"image": jnp.asarray(draws["image"]), "label": jnp.asarray(draws["label"])}
   k_d, k_g = jax.random.split(jax.random.PRNGKey(0))
   d_noise = {k: draws[f"{level}/d_{k}"] for k in ("x_l", "fake", "real")}
@@ -196,14 +192,14 @@ def our_step(
 
   @jax.jit
   def d_step(state, batch, noise):
-    grad_fn = jax.value_and_grad(functools.partial(parts.d_loss, level), has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(ts.d_loss, spec, level), has_aux=True)
     (_, metrics), grads = grad_fn(state.d_params, state, batch, noise, noise_std, k_d)
     updates, _ = d_tx.update(grads, state.d_opt, state.d_params)
     return metrics, grads, optax.apply_updates(state.d_params, updates)
 
   @jax.jit
   def g_step(state, batch, noise, lpips_params):
-    grad_fn = jax.value_and_grad(functools.partial(parts.g_loss, level), has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(ts.g_loss, spec, level), has_aux=True)
     (_, metrics), grads = grad_fn(state.g_params, state, batch, noise, noise_std, lpips_params, k_g)
     updates, _ = g_tx.update(grads, state.g_opt, state.g_params)
     return metrics, grads, optax.apply_updates(state.g_params, updates)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from udpm_jax import checkpoint, cli
+from udpm_jax import checkpoint, cli, sharding
 from udpm_jax import train_step as ts
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -31,8 +31,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   config.training.batch_size = 8
-  mesh = ts.make_mesh(jax.devices()[:1])
-  _, _, init_fn, _ = ts.build(config, mesh)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  _, init_fn, _ = ts.build(config, mesh)
   state = init_fn(jax.random.PRNGKey(0))
   # Random values everywhere: a fresh state's zero Adam moments compress to almost nothing, and a
   # trained run's checkpoint holds no such zeros.

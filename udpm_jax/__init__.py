@@ -1,7 +1,9 @@
 """udpm_jax: UDPM (Upsampling Diffusion Probabilistic Models) in JAX/Flax.
 
-Submodules are imported lazily so `import udpm_jax` stays cheap and a notebook that only needs
-the operators does not pay for TFDS or Orbax.
+Library submodules are imported lazily so `import udpm_jax` stays cheap and a notebook that only
+needs the operators does not pay for TFDS or Orbax. The command lines (`main`, `sample`,
+`evaluate`, `superres`, `plot`, `bench`) are not among them: each defines its flags when imported,
+so they are run (`python -m udpm_jax.<command>`), not imported.
 """
 
 import importlib
@@ -17,20 +19,24 @@ _SUBMODULES = (
   "lpips",
   "inception",
   "data",
-  "train",
-  "sampling",
-  "evaluate",
-  "checkpoint",
-  "convert",
-  "metrics",
-  "assets",
-  "bench",
-  "export",
-  "image_io",
-  "sample",
-  "superres",
-  "torch_pickle",
+  "sharding",
   "train_step",
+  "train",
+  "checkpoint",
+  "preemption",
+  "sampling",
+  "sample_files",
+  "evaluation",
+  "metrics",
+  "super_resolution",
+  "figures",
+  "benchmark",
+  "export",
+  "convert",
+  "torch_pickle",
+  "assets",
+  "image_io",
+  "files",
 )
 
 

@@ -25,9 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from udpm_jax import files
+from udpm_jax import files, sharding
 
 _policies = ocp.checkpoint_managers
 
@@ -211,7 +210,7 @@ def restore_for_resume(workdir, config, global_batch_size: int, abstract_state):
   damaged = []
   for step in reversed(steps):
     step_dir = root / str(step)
-    problem = _incomplete(step_dir) or verify_digests(step_dir)
+    problem = _incomplete(workdir, step) or verify_digests(step_dir)
     if problem is None:
       try:
         _, saved = load_config(workdir, step)
@@ -247,9 +246,29 @@ def _step_dirs(root: epath.Path) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _incomplete(step_dir: epath.Path) -> str | None:
-  if not (step_dir / "_CHECKPOINT_METADATA").exists():
-    return "the step directory is incomplete (no _CHECKPOINT_METADATA: empty or unfinished)"
+def _reader(workdir) -> ocp.CheckpointManager:
+  """A read-only manager over the workdir's checkpoints, with handlers for both items."""
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir),
+    item_names=("state", "config"),
+    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    item_handlers={"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
+  )
+
+
+def _is_complete(reader: ocp.CheckpointManager, step: int) -> bool:
+  """Whether Orbax finished the step: its metadata records a commit time (an empty or
+  unfinished step directory has none)."""
+  try:
+    return reader.metadata(step).commit_timestamp_nsecs is not None
+  except Exception:  # an unreadable metadata file: not a finished step either
+    return False
+
+
+def _incomplete(workdir, step: int) -> str | None:
+  with _reader(workdir) as reader:
+    if not _is_complete(reader, step):
+      return "the step directory is incomplete (Orbax recorded no commit: empty or unfinished)"
   return None
 
 
@@ -367,9 +386,9 @@ def _replicated_target(metadata):
   One device in a single process; replicated over all devices when this is itself a multi-process
   job (e.g. evaluation on a pod)."""
   devices = jax.devices() if jax.process_count() > 1 else jax.devices()[:1]
-  sharding = NamedSharding(Mesh(np.asarray(devices), ("replica",)), PartitionSpec())
+  rep = sharding.replicated(sharding.make_mesh(devices))
   tree = getattr(metadata, "tree", metadata)
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), tree)
 
 
 def _as_restore_target(x):
@@ -393,12 +412,15 @@ def load_config(workdir, step: int | None = None) -> tuple[int, ml_collections.C
     step = steps[-1]
   elif step not in steps:
     raise CheckpointError(f"No checkpoint for step {step} under {root}; available: {steps}.")
-  path = root / str(step) / "config" / "metadata"
   try:
-    config_dict = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"Cannot read the config saved at {path}: {e}") from e
-  return step, _to_config(config_dict)
+    with _reader(workdir) as reader:
+      restored = reader.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax raises many types for unreadable JSON
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CheckpointError(
+      f"Cannot read the config saved with step {step} under {root}: {detail[:500]}"
+    ) from e
+  return step, _to_config(restored.config)
 
 
 def _to_config(d: dict) -> ml_collections.ConfigDict:
@@ -415,14 +437,10 @@ def _to_config(d: dict) -> ml_collections.ConfigDict:
 
 def all_steps(workdir) -> list[int]:
   """Complete checkpoint steps in the workdir, ascending (temporary/partial saves excluded)."""
-  root = checkpoint_dir(workdir)
-  if not root.exists():
+  if not checkpoint_dir(workdir).exists():
     return []
-  return sorted(
-    int(p.name)
-    for p in root.iterdir()
-    if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
-  )
+  with _reader(workdir) as reader:
+    return sorted(s for s in reader.all_steps() if _is_complete(reader, s))
 
 
 def restore_params(
@@ -444,12 +462,7 @@ def restore_params(
   """
   step, config = load_config(workdir, step)
   name = "ema_params" if ema else "g_params"
-  with ocp.CheckpointManager(
-    checkpoint_dir(workdir),
-    item_names=("state", "config"),
-    options=ocp.CheckpointManagerOptions(read_only=True),
-    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-  ) as manager:
+  with _reader(workdir) as manager:
     try:
       tree = manager.item_metadata(step)["state"]
       tree = getattr(tree, "tree", tree)

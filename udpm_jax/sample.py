@@ -9,115 +9,26 @@ and writes exactly the images it would have written. The folder records what mad
 refused, since kept and new images would then come from different models or draws.
 """
 
-import json
-import os
-import time
-
 from absl import app, flags, logging
 
-from udpm_jax import cli
+from udpm_jax import cli, sample_files
 
-
-def _define_flags():
-  """CLI flags, defined only when this module runs as a program (so that importing the
-  library functions of several CLI modules into one process does not clash)."""
-  global _WORKDIR, _OUT, _NUM, _STEP, _BATCH, _SEED, _EMA, _GRID, _NPZ
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
-  _OUT = flags.DEFINE_string("out", None, "Directory for the PNG files.")
-  _NUM = flags.DEFINE_integer("num", 64, "Number of images.")
-  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-  _BATCH = flags.DEFINE_integer("batch", 64, "Images per sampler call.")
-  _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  _EMA = flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
-  _GRID = flags.DEFINE_bool("grid", False, "Also write grid_levels.png: all levels of 8 samples.")
-  _NPZ = flags.DEFINE_bool("npz", False, "Also write samples.npz (uint8 images and labels).")
-  flags.mark_flags_as_required(["workdir", "out"])
-
-
-def sample_to_dir(
-  workdir, out, num, *, step=None, batch=64, seed=0, ema=True, grid=False, npz=False
-):
-  """Library form of the CLI; returns the number of images written by this call."""
-  import jax
-  import numpy as np
-  from etils import epath
-
-  from udpm_jax import checkpoint, image_io, sampling
-
-  step = checkpoint.load_config(workdir, step)[0]
-  made_by = dict(
-    workdir=str(workdir) if "://" in str(workdir) else os.path.abspath(workdir),
-    step=int(step),
-    ema=bool(ema),
-    seed=int(seed),
-    batch=int(batch),
-  )
-  out = epath.Path(out)
-  _check_same_settings(out / "sampling.json", made_by)
-  config, variables = checkpoint.restore_params(workdir, step=step, ema=ema)
-  sample = sampling.make_sample_fn(config)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "sampling.json").write_text(json.dumps(made_by, indent=2))
-  k = config.data.num_classes
-  written, start = 0, time.time()
-  num_batches = -(-num // batch)
-  for b in range(num_batches):
-    idx = np.arange(b * batch, min((b + 1) * batch, num))
-    labels = idx % k if k else None
-    names = [
-      out / (f"{i:06d}" + (f"_{labels[j]}" if k else "") + ".png") for j, i in enumerate(idx)
-    ]
-    if all(p.exists() for p in names):
-      continue
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), b)
-    full_labels = (np.arange(b * batch, (b + 1) * batch) % k) if k else None
-    images = np.asarray(sample(variables, key, num=batch, labels=full_labels))[: len(idx)]
-    image_io.save_pngs(out, images, int(idx[0]), labels)
-    written += len(idx)
-    rate = written / max(time.time() - start, 1e-9)
-    logging.info(
-      "batch %d/%d: %d images written (%.1f images/s)", b + 1, num_batches, int(idx[-1]) + 1, rate
-    )
-  if grid:
-    levels = sample(variables, jax.random.PRNGKey(seed), num=8, return_levels=True)
-    grid_img = image_io.levels_grid(levels, config.data.image_size)
-    image_io.save_png(out / "grid_levels.png", np.rint(grid_img * 255).astype(np.uint8))
-  if npz:
-    from PIL import Image
-
-    from udpm_jax import metrics
-
-    files = sorted(p for p in out.iterdir() if p.name.endswith(".png") and p.name[0].isdigit())
-    arr = []
-    for p in files[:num]:
-      with p.open("rb") as fh, Image.open(fh) as im:
-        arr.append(np.asarray(im))
-    arr = np.stack(arr)
-    arr = arr[..., None] if arr.ndim == 3 else arr  # grayscale PNGs read back as (H, W): NHWC
-    labels = np.array([int(p.stem.split("_")[1]) if "_" in p.stem else 0 for p in files[:num]])
-    metrics.savez_atomic(out / "samples.npz", images=arr, labels=labels)
-  return written
-
-
-def _check_same_settings(path, made_by):
-  """Refuses to add images to a folder whose existing images were made otherwise."""
-  if not path.exists():
-    return
-  earlier = json.loads(path.read_text())
-  changed = [
-    f"{k}: {earlier.get(k)!r} there, {v!r} now" for k, v in made_by.items() if earlier.get(k) != v
-  ]
-  if changed:
-    raise ValueError(
-      f"{path.parent} holds images made with other settings ({'; '.join(changed)}); resuming would "
-      "mix them with new ones. Use another --out, or the settings of sampling.json."
-    )
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (checkpoints).")
+_OUT = flags.DEFINE_string("out", None, "Directory for the PNG files.")
+_NUM = flags.DEFINE_integer("num", 64, "Number of images.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_BATCH = flags.DEFINE_integer("batch", 64, "Images per sampler call.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_EMA = flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
+_GRID = flags.DEFINE_bool("grid", False, "Also write grid_levels.png: all levels of 8 samples.")
+_NPZ = flags.DEFINE_bool("npz", False, "Also write samples.npz (uint8 images and labels).")
+flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  n = sample_to_dir(
+  n = sample_files.sample_to_dir(
     _WORKDIR.value,
     _OUT.value,
     _NUM.value,
@@ -132,7 +43,6 @@ def main(argv):
 
 
 def run():
-  _define_flags()
   cli.run(main)
 
 

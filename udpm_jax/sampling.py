@@ -15,15 +15,14 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from udpm_jax import process as proc
+from udpm_jax import sharding
 
 DenoiseFn = Callable  # (variables, x_l, t (B,), labels) -> prediction of H^{l-1} x_0
 
 
-def _default_denoise_fn(config):
+def default_denoise_fn(config):
   from udpm_jax import models
 
   gen = models.build_generator(config)
@@ -88,6 +87,29 @@ def checked_labels(config, labels, num: int):
   return jnp.asarray(host, jnp.int32)
 
 
+def decode_sharded(sched, denoise_fn, mesh, variables, latents, labels=None, exact=None):
+  """`decode_levels` on every device of `mesh`, inside a jitted program, x_0 clipped to [-1, 1].
+
+  Any batch size runs on every device: the latents are padded to a multiple of the device count
+  and constrained to the batch sharding; the returned levels keep the padding (cut with `[:num]`).
+  Every random draw is in the latents, drawn for the real batch first, so the images do not depend
+  on the device count.
+  """
+  num = jax.tree.leaves(latents)[0].shape[0]
+  pad = -num % mesh.size
+  if pad:
+    latents = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), latents)
+    labels = None if labels is None else jnp.pad(labels, (0, pad))
+  if mesh.size > 1:
+    shard = sharding.batch_sharding(mesh)
+    latents, labels = jax.tree.map(
+      lambda a: jax.lax.with_sharding_constraint(a, shard), (latents, labels)
+    )
+  levels = decode_levels(sched, denoise_fn, variables, latents, labels, exact)
+  levels[-1] = jnp.clip(levels[-1], -1.0, 1.0)
+  return levels
+
+
 def make_sample_fn(
   config, denoise_fn: DenoiseFn | None = None, exact: bool | None = None, devices=None
 ):
@@ -100,33 +122,19 @@ def make_sample_fn(
   batch first, so the images are the same for any number of devices. The result is replicated.
   """
   sched = proc.Schedule.from_config(config)
-  denoise_fn = denoise_fn or _default_denoise_fn(config)
+  denoise_fn = denoise_fn or default_denoise_fn(config)
   channels = config.data.channels
-  devices = list(jax.devices() if devices is None else devices)
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+  mesh = sharding.make_mesh(devices)
 
   def run(variables, key, num, labels, latents, return_levels):
     if latents is None:
       latents = sample_latents(sched, jax.random.fold_in(key, 0), num, channels)
-    # Any `num` runs on every device: padded to a multiple of the device count, the padding's
-    # images dropped at the end. Every random draw is in the latents, drawn for `num` first, so
-    # the images do not depend on the device count.
-    pad = -num % len(devices)
-    if pad:
-      latents = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), latents)
-      labels = None if labels is None else jnp.pad(labels, (0, pad))
-    if len(devices) > 1:
-      shard = NamedSharding(mesh, P("data"))
-      latents, labels = jax.tree.map(
-        lambda a: jax.lax.with_sharding_constraint(a, shard), (latents, labels)
-      )
-    levels = decode_levels(sched, denoise_fn, variables, latents, labels, exact)
-    levels[-1] = jnp.clip(levels[-1], -1.0, 1.0)
+    levels = decode_sharded(sched, denoise_fn, mesh, variables, latents, labels, exact)
     levels = [x[:num] for x in levels]
     return levels if return_levels else levels[-1]
 
   jitted = jax.jit(
-    run, static_argnames=("num", "return_levels"), out_shardings=NamedSharding(mesh, P())
+    run, static_argnames=("num", "return_levels"), out_shardings=sharding.replicated(mesh)
   )
 
   def sample(variables, key, num=None, labels=None, latents=None, return_levels=False):
@@ -140,7 +148,7 @@ def make_sample_fn(
     labels = checked_labels(config, labels, num)
     # Restored or user-made arrays (weights, keys and labels from other programs) may sit on one
     # device; the program spans the whole mesh.
-    rep = NamedSharding(mesh, P())
+    rep = sharding.replicated(mesh)
     variables, key, labels, latents = jax.device_put((variables, key, labels, latents), rep)
     return jitted(variables, key, num, labels, latents, return_levels)
 
@@ -227,9 +235,9 @@ def make_upsample_fn(
   """
   sched = proc.Schedule.from_config(config)
   sched._check_level(from_level)
-  denoise_fn = denoise_fn or _default_denoise_fn(config)
+  denoise_fn = denoise_fn or default_denoise_fn(config)
   gain = float(sched.kernel_array.sum()) ** from_level
-  rep = NamedSharding(jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), P())
+  rep = sharding.replicated(sharding.make_mesh())
 
   def run(variables, key, y, labels, plain_image):
     y = y * gain if plain_image else y

@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
-from udpm_jax import checkpoint, data, preemption
+from udpm_jax import checkpoint, data, preemption, sharding
 from udpm_jax import configs as configs_lib
 from udpm_jax import train_step as ts
 
@@ -49,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
     The final training state.
   """
   configs_lib.validate(config)
-  mesh = ts.make_mesh()
+  mesh = sharding.make_mesh()
   batch_size = ts.global_batch_size(config)
   if batch_size % jax.device_count():
     raise ValueError(
@@ -67,7 +67,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   k = max(int(t.steps_per_dispatch), 1)
   num_steps = int(t.num_steps)
   workdir = epath.Path(workdir)
-  gen, disc, init_fn, step_fn = ts.build(config, mesh)
+  _, init_fn, step_fn = ts.build(config, mesh)
   key = jax.random.PRNGKey(config.seed)
 
   # Everything that can fail on bad input runs before the first write, so a bad data path or a
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   parameter_overview.log_parameter_overview(state.d_params, msg="Discriminator parameters")
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sampler = _GridSampler(config)
-  evaluator = _Evaluator(config, workdir, writer, sampler)
+  evaluator = _Evaluator(config, workdir, writer)
   monitor = StalledLevelMonitor()
   # Device metrics not yet fetched: the loop reads nothing from the devices between log steps
   # (the step count is tracked here, the levels come from host tables), so dispatch runs ahead.
@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         while step < num_steps:
           local = _next_batch(batches, k)
           state, metrics = step_fn(
-            state, ts.to_global_batch(local, mesh, k > 1), lpips_params, step=step
+            state, sharding.to_global_batch(local, mesh, k > 1), lpips_params, step=step
           )
           pending.append(metrics)
           step += k
@@ -269,18 +269,11 @@ class _GridSampler:
     self.config = config
     self.fn = None
 
-  def sample_fn(self):
-    """The run's one jitted sampler (grids and in-training evaluation share its compilations)."""
-    from udpm_jax import sampling
-
-    if self.fn is None:
-      self.fn = sampling.make_sample_fn(self.config)
-    return self.fn
-
   def write(self, writer, workdir, step, state, final=False):
-    from udpm_jax import image_io
+    from udpm_jax import image_io, sampling
 
-    self.sample_fn()
+    if self.fn is None:  # compiled once, at the first grid
+      self.fn = sampling.make_sample_fn(self.config)
     k = self.config.data.num_classes
     # Class-conditional: one row per class (GRID_SIDE samples of class r in row r).
     num, labels = (GRID_SIDE * k, np.repeat(np.arange(k), GRID_SIDE)) if k else (GRID_SIDE**2, None)
@@ -302,29 +295,19 @@ class _GridSampler:
 class _Evaluator:
   """In-training FID of the EMA params every `training.eval_every` steps (eval/step_<S>.json)."""
 
-  def __init__(self, config, workdir, writer, sampler: _GridSampler):
-    self.config, self.workdir, self.writer, self.sampler = config, workdir, writer, sampler
-    self.features = None
+  def __init__(self, config, workdir, writer):
+    self.config, self.workdir, self.writer = config, workdir, writer
+    self.evaluator = None
 
   def __call__(self, step, state):
-    from udpm_jax import evaluate
+    from udpm_jax import evaluation
 
     e = self.config.eval
-    if self.features is None:  # built once: later evaluations reuse the compiled program
-      self.features = evaluate.fid_features(self.config)
+    if self.evaluator is None:  # built once: later evaluations reuse the compiled programs
+      self.evaluator = evaluation.Evaluator(self.config, self.workdir, batch=e.batch_size)
     variables = {"params": state.ema_params, **state.g_consts}
-    result = evaluate.evaluate_variables(
-      self.config,
-      variables,
-      step,
-      self.workdir,
-      e.num_samples,
-      batch=e.batch_size,
-      seed=self.config.seed,
-      features=self.features,
-      sample_fn=self.sampler.sample_fn(),
-    )
-    self.writer.write_scalars(step, {"eval/fid": result["fid"]})
+    result = self.evaluator.evaluate(variables, step, e.num_samples, seed=self.config.seed)
+    evaluation.write_scalars(self.writer, result)
     logging.info("step %d: FID-%d %.3f", step, e.num_samples, result["fid"])
 
 
