@@ -173,12 +173,13 @@ def our_step(
   generator's entries when `generator` is False). Dropout keys are fixed; the compared networks
   have no dropout.
   """
+  from udpm_jax import lpips as lpips_lib
   from udpm_jax import models
   from udpm_jax import train_step as ts
 
   gen, disc = models.build_generator(config), models.build_discriminator(config)
   g_tx, d_tx = ts.make_optimizers(config)
-  spec = ts.StepSpec.from_config(config, gen, disc, g_tx, d_tx, ts.lpips_function(config))
+  spec = ts.StepSpec.from_config(config, gen, disc, g_tx, d_tx, lpips_lib.training_distance(config))
   state = ts.state_from_variables(g_vars, d_vars, g_tx, d_tx, jax.random.PRNGKey(0))
   lc = config.loss
   noise_std = ts.d_noise_std_at(spec, state.step)

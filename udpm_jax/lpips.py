@@ -77,3 +77,16 @@ def load_params(path=None) -> dict:
 def lpips_distance(params, x, y):
   """LPIPS distance per example (B,) between NHWC images in [-1, 1]; jit-friendly."""
   return LPIPS().apply({"params": params}, x, y)
+
+
+def training_distance(config):
+  """`lpips_distance` when any level of the config trains with LPIPS, else None."""
+  return lpips_distance if any(w > 0 for w in config.loss.lpips) else None
+
+
+def training_params(config):
+  """The LPIPS weights a config trains with (`loss.lpips_weights`, else the cached download), or
+  None when no level uses LPIPS (nothing is then read or downloaded)."""
+  if not any(w > 0 for w in config.loss.lpips):
+    return None
+  return load_params(config.loss.lpips_weights or None)

@@ -19,6 +19,7 @@ from etils import epath
 
 from udpm_jax import checkpoint, data, preemption, sharding
 from udpm_jax import configs as configs_lib
+from udpm_jax import lpips as lpips_lib
 from udpm_jax import train_step as ts
 
 D_METRICS = (
@@ -100,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
   )
   batches = data.Prefetch(batches, size=2 * k)  # loading overlaps the device's work
 
-  lpips_params = ts.load_lpips_params(config)
+  lpips_params = lpips_lib.training_params(config)
   # Saved with the global batch size resolved: with batch_size=0 it depends on the device count,
   # and a resume on another count must see that the batch (and so the data order) would change.
   saved_config = ml_collections.ConfigDict(config.to_dict())

@@ -20,6 +20,7 @@ import optax
 
 from udpm_jax import configs as configs_lib
 from udpm_jax import losses, models, sharding
+from udpm_jax import lpips as lpips_lib
 from udpm_jax import process as proc
 
 
@@ -495,22 +496,13 @@ def jit_init(config, mesh, gen, disc, g_tx, d_tx):
   return jax.jit(lambda key: init_state(config, key, gen, disc, g_tx, d_tx), out_shardings=rep)
 
 
-def lpips_function(config):
-  """The LPIPS distance when any level uses it, else None (LPIPS is then never imported)."""
-  if not any(w > 0 for w in config.loss.lpips):
-    return None
-  from udpm_jax import lpips as lpips_lib
-
-  return lpips_lib.lpips_distance
-
-
 def build_spec(config) -> StepSpec:
   """The networks, optimisers and loss settings of a validated config."""
   dtype = compute_dtype(config)
   gen = models.build_generator(config, dtype=dtype)
   disc = models.build_discriminator(config, dtype=dtype)
   g_tx, d_tx = make_optimizers(config)
-  return StepSpec.from_config(config, gen, disc, g_tx, d_tx, lpips_function(config))
+  return StepSpec.from_config(config, gen, disc, g_tx, d_tx, lpips_lib.training_distance(config))
 
 
 def build(config, mesh):
@@ -519,11 +511,3 @@ def build(config, mesh):
   spec = build_spec(config)
   init = jit_init(config, mesh, spec.gen, spec.disc, spec.g_tx, spec.d_tx)
   return spec, init, jit_train_step(config, mesh, spec)
-
-
-def load_lpips_params(config):
-  if not any(w > 0 for w in config.loss.lpips):
-    return None
-  from udpm_jax import lpips as lpips_lib
-
-  return lpips_lib.load_params(config.loss.lpips_weights or None)
