@@ -357,8 +357,8 @@ def levels_figure(levels, rows: int, per_row: int, scale: int, names=(), title="
 def make_plots(
   workdir, out=None, *, step=None, num_per_class=10, level_samples=2, seed=0, scale=0
 ) -> list[str]:
-  """Library form of the CLI; returns the paths written. Curves need event files, samples a
-  checkpoint; a workdir with neither is an error."""
+  """Writes curves.png, samples_levels.png and samples.png of a run; returns the paths written.
+  Curves need event files, samples a checkpoint; a workdir with neither is an error."""
   from udpm_jax import checkpoint, image_io
 
   if num_per_class < 1 or level_samples < 1:
