@@ -54,19 +54,21 @@ def toy_pair(config):
   )
 
 
-def pooled_pixel_features(images_uint8):
-  """A cheap stand-in for Inception features: 4×4 average-pooled pixels, (B, 16·C) float."""
-  x = np.asarray(images_uint8, np.float64) / 255.0
+def _pool4x4(x):
+  """4×4 average pooling of (B, N, N, C) numpy or JAX images, flattened to (B, 16·C)."""
   b, n, _, c = x.shape
   return x.reshape(b, 4, n // 4, 4, n // 4, c).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def pooled_pixel_features(images_uint8):
+  """A cheap stand-in for Inception features: 4×4 average-pooled pixels, (B, 16·C) float."""
+  return _pool4x4(np.asarray(images_uint8, np.float64) / 255.0)
 
 
 def _pooled_pixels(params, images):
   """`pooled_pixel_features` as a traceable feature network on images in [-1, 1]."""
   del params
-  x = (images + 1.0) / 2.0
-  b, n, _, c = x.shape
-  return x.reshape(b, 4, n // 4, 4, n // 4, c).mean(axis=(2, 4)).reshape(b, -1)
+  return _pool4x4((images + 1.0) / 2.0)
 
 
 def pooled_pixel_net():

@@ -207,10 +207,11 @@ def restore_for_resume(workdir, config, global_batch_size: int, abstract_state):
   """
   root = checkpoint_dir(workdir)
   steps = _step_dirs(root)
+  complete = set(all_steps(workdir)) if steps else set()
   damaged = []
   for step in reversed(steps):
     step_dir = root / str(step)
-    problem = _incomplete(workdir, step) or verify_digests(step_dir)
+    problem = verify_digests(step_dir) if step in complete else _INCOMPLETE
     if problem is None:
       try:
         _, saved = load_config(workdir, step)
@@ -265,11 +266,7 @@ def _is_complete(reader: ocp.CheckpointManager, step: int) -> bool:
     return False
 
 
-def _incomplete(workdir, step: int) -> str | None:
-  with _reader(workdir) as reader:
-    if not _is_complete(reader, step):
-      return "the step directory is incomplete (Orbax recorded no commit: empty or unfinished)"
-  return None
+_INCOMPLETE = "the step directory is incomplete (Orbax recorded no commit: empty or unfinished)"
 
 
 def _move_aside(root: epath.Path, step: int, why: str, good: int) -> None:

@@ -253,10 +253,9 @@ def g_loss(
 # ---- the draws, from the step's keys ------------------------------------------------------------
 
 
-def step_keys(state):
-  """The step's four keys: level of D, level of G, D update, G update."""
-  key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-  return jax.random.split(key, 4)
+def step_keys(key_data, step):
+  """Step `step`'s four keys from the run's key: level of D, level of G, D update, G update."""
+  return jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(key_data), step), 4)
 
 
 def d_noise_std_at(spec: StepSpec, step):
@@ -302,7 +301,7 @@ def _g_loss_drawn(spec: StepSpec, level: int, g_params, state, batch, key, noise
 
 def d_grads(spec: StepSpec, state, batch, level: int):
   """(metrics, gradient of D's loss at `level`), drawn from the step's D key."""
-  _, _, k_d, _ = step_keys(state)
+  _, _, k_d, _ = step_keys(state.key, state.step)
   grad_fn = jax.value_and_grad(functools.partial(_d_loss_drawn, spec, level), has_aux=True)
   (_, metrics), grads = grad_fn(state.d_params, state, batch, k_d, d_noise_std_at(spec, state.step))
   return metrics, grads
@@ -310,7 +309,7 @@ def d_grads(spec: StepSpec, state, batch, level: int):
 
 def g_grads(spec: StepSpec, state, batch, lpips_params, level: int):
   """(metrics, gradient of G's loss at `level`), drawn from the step's G key."""
-  _, _, _, k_g = step_keys(state)
+  _, _, _, k_g = step_keys(state.key, state.step)
   grad_fn = jax.value_and_grad(functools.partial(_g_loss_drawn, spec, level), has_aux=True)
   noise_std = d_noise_std_at(spec, state.step)
   (_, metrics), grads = grad_fn(state.g_params, state, batch, k_g, noise_std, lpips_params)
@@ -357,8 +356,7 @@ def g_update(spec: StepSpec, state: TrainState, batch, lpips_params, level: int)
 def draw_levels(spec: StepSpec, key_data, step):
   """(level_d, level_g) of `step`: they depend only on the run's key and the step, with
   probabilities ∝ training.level_weights (uniform when empty)."""
-  state = TrainState(step, *([None] * 7), key=key_data)
-  k_ld, k_lg, _, _ = step_keys(state)
+  k_ld, k_lg, _, _ = step_keys(key_data, step)
 
   def draw(key):
     if not spec.level_weights:

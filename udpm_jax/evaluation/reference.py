@@ -45,7 +45,6 @@ def reference_statistics(config, features, batch=250, path=None, limit=None, giv
 def _reference(config, features, batch, path, limit, given):
   """(FIDStats, how many images they hold — None for mu/sigma files made elsewhere, whose count
   is nominal) for `reference_statistics`."""
-
   digest = getattr(features, "weights_digest", None)
   if path is not None and epath.Path(path).exists():
     cached, provenance = metrics.load_reference_stats(path)
@@ -92,7 +91,6 @@ def _reference(config, features, batch, path, limit, given):
 def _reference_count(config, limit):
   """How many training images a reference of `limit` (None = all) holds: the split may be smaller.
   None when the split cannot be opened here (then a cached reference is trusted)."""
-
   try:
     size = len(data.make_source(config, split="train"))
   except Exception as e:  # any unreadable source means "cannot check"
@@ -124,7 +122,6 @@ def _stale(provenance, count, want_count, digest, config):
 def reference_features(config, features, batch, num, path=None):
   """Features of the first `num` training images, for KID and precision/recall (cached at `path`
   as float32 with provenance, so that evaluating many steps computes them once)."""
-
   digest = getattr(features, "weights_digest", None)
   cache = _read_features_cache(path) if path is not None else None
   if cache is not None:
@@ -151,7 +148,6 @@ def reference_features(config, features, batch, num, path=None):
 def _read_features_cache(path):
   """(features, provenance) of our own cache, or None when absent or unreadable (then recomputed:
   e.g. a copy cut short)."""
-
   if not epath.Path(path).exists():
     return None
   try:
