@@ -1,5 +1,6 @@
 """Shared test fixtures. Eight host CPU devices so data-parallel code is exercised on CI."""
 
+import atexit
 import os
 import pathlib
 import shutil
@@ -14,8 +15,10 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, shared with the training subprocesses that
-# the kill/resume tests start: identical programs compile once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="udpm_jax_cache_"))
+# the kill/resume tests start: identical programs compile once. Removed when the session ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="udpm_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402

@@ -1,5 +1,6 @@
 """Generator and discriminator: shapes at every level, exact parameter counts, layers, jit+grad."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +160,107 @@ def test_ddpmpp_variant_builds_with_positional_embedding():
     variables,
   )
   assert out.shape == (1, 4, 4, 3)
+
+
+def test_input_skip_adds_the_least_squares_upsampling_of_x_l():
+  """With model.input_skip the output is gain_l · bilinear-upsample(x_l) + the same U-Net output,
+  and the gains are the closed-form scalar least-squares estimate of the level's target."""
+  config = udpm_jax.configs.get_config("test")
+  config.model.update(input_skip=True, sigma_data=0.5)
+  sched = udpm_jax.process.Schedule.from_config(config)
+  # Box kernel with unit l2 norm at s = 2: Σw = 2; ᾱ = 0.5, 0.1, 1e-4; σ̃² = 0.01, 0.0404, ….
+  w_sum, gains = 2.0, []
+  for level in (1, 2, 3):
+    a = sched.alpha_bars[level]
+    signal = (a * w_sum) ** 2 * 0.25 * 4.0 ** (level - 1)
+    gains.append(signal / (signal + sched.sigma_tilde_sq[level]) / (a * w_sum))
+  np.testing.assert_allclose(models.input_skip_gains(config), gains, rtol=1e-12)
+  np.testing.assert_allclose(gains[:2], [0.25 / 0.26, 0.04 / 0.0804 / 0.2], rtol=1e-3)
+
+  with_skip = models.build_generator(config)
+  config.model.input_skip = False
+  plain = models.build_generator(config)
+  variables = models.init_generator(config, jax.random.PRNGKey(0))
+  labels = jnp.arange(2)
+  for level, side in ((1, 8), (2, 4), (3, 2)):
+    x = jax.random.normal(jax.random.PRNGKey(level), (2, side, side, 3))
+    up = _bilinear_x2(np.asarray(x))
+    diff = with_skip.apply(variables, x, 0.5, labels) - plain.apply(variables, x, 0.5, labels)
+    np.testing.assert_allclose(diff, gains[level - 1] * up, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="Input side 3 is not one of the level sides"):
+    with_skip.apply(variables, jnp.zeros((1, 3, 3, 3)), 0.5, labels[:1])
+  config.model.update(input_skip=True, sigma_data=0.0)
+  with pytest.raises(ValueError, match="model.sigma_data=0.0; with model.input_skip it must be > 0"):
+    udpm_jax.configs.validate(config)
+
+
+def _bilinear_x2(x):
+  """×2 bilinear upsampling, half-pixel centres, edges clamped: output pixel 2i (2i+1) is
+  ¾ x[i] + ¼ x[i−1] (x[i+1]) along each axis."""
+  for axis in (1, 2):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    p = np.pad(x, pad, mode="edge")
+    n = x.shape[axis]
+    take = lambda lo: np.take(p, np.arange(lo, lo + n), axis=axis)
+    even, odd = 0.75 * take(1) + 0.25 * take(0), 0.75 * take(1) + 0.25 * take(2)
+    x = np.stack([even, odd], axis=axis + 1).reshape(
+      x.shape[:axis] + (2 * n,) + x.shape[axis + 1 :]
+    )
+  return x
+
+
+@pytest.mark.parametrize("side", [1, 2, 3])
+@pytest.mark.parametrize("kernel,pad", [(3, 1), (3, 2), (1, 0), (5, 2)])
+def test_small_side_convolution_equals_lax_conv(side, kernel, pad):
+  """The gathered-window matmul used for small outputs equals XLA's convolution, values and
+  gradients, including the wider padding of the fused down-sampling path."""
+  kx, kw = jax.random.split(jax.random.PRNGKey(side * 10 + kernel))
+  x = jax.random.normal(kx, (3, side, side, 5))
+  w = jax.random.normal(kw, (kernel, kernel, 5, 7))
+  padding = ((pad, pad), (pad, pad))
+  ref = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  ours = lambda x, w: layers.conv2d(x, w, padding)
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)  # sums of ~100 terms ~10
+
+
+def test_conv_module_keeps_flax_conv_parameters_and_initialisation():
+  x = jnp.ones((1, 2, 2, 4))
+  ours = layers.Conv2D(6, 3, ((1, 1), (1, 1)), layers.xavier_uniform())
+  flax_conv = flax.linen.Conv(6, (3, 3), padding=1, kernel_init=layers.xavier_uniform())
+  a = ours.init(jax.random.PRNGKey(3), x)
+  b = flax_conv.init(jax.random.PRNGKey(3), x)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(u, v)
+  np.testing.assert_allclose(ours.apply(a, x), flax_conv.apply(b, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("taps", [(1, 1), (1, 3, 3, 1)])
+@pytest.mark.parametrize("side", [1, 2, 3, 8])
+def test_fir_upsampling_is_four_times_the_adjoint_of_downsampling(taps, side):
+  """The polyphase up-sampling equals its definition, 4 Dᵀ with D = fir_downsample, and D equals
+  the dense 2-D stride-2 filter f fᵀ / (Σf)² on the zero-padded image."""
+  rng = np.random.default_rng(side)
+  y = jnp.asarray(rng.standard_normal((2, side, side, 3)), jnp.float32)
+  primal = jax.ShapeDtypeStruct((2, 2 * side, 2 * side, 3), jnp.float32)
+  (adjoint,) = jax.linear_transpose(lambda z: layers.fir_downsample(z, taps), primal)(y)
+  np.testing.assert_allclose(layers.fir_upsample(y, taps), 4.0 * adjoint, rtol=1e-6, atol=1e-6)
+
+  x = rng.standard_normal((2, 2 * side, 2 * side, 3))
+  f = np.asarray(taps, np.float64) / sum(taps)
+  k, pad = len(f), (len(f) - 1) // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dense = np.zeros((2, side, side, 3))
+  for i in range(side):
+    for j in range(side):
+      window = xp[:, 2 * i : 2 * i + k, 2 * j : 2 * j + k]
+      dense[:, i, j] = np.einsum("a,b,nabc->nc", f, f, window)
+  np.testing.assert_allclose(
+    layers.fir_downsample(jnp.asarray(x, jnp.float32), taps), dense, rtol=1e-5, atol=1e-6
+  )

@@ -44,7 +44,7 @@ def _torch_key(path: tuple[str, ...], prefix: str) -> str:
   if collection == "buffers":
     return f"{prefix}map_noise.freqs"
   parts = [_module_name(mods[0], prefix)]
-  rest = [m for m in mods[1:] if m != "conv"]  # our Conv wraps nn.Conv as 'conv'
+  rest = [m for m in mods[1:] if m != "conv"]  # our Conv wraps Conv2D as 'conv'
   if rest and rest[0] == "attn":
     rest = [_ATTN[rest[1]]]
   parts += rest

@@ -91,6 +91,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if config.model.arch not in ARCHS:
     raise ValueError(f"model.arch={config.model.arch!r} is unknown; valid: {', '.join(ARCHS)}.")
+  if config.model.get("input_skip", False) and not config.model.get("sigma_data", 0.5) > 0:
+    raise ValueError(
+      f"model.sigma_data={config.model.sigma_data!r}; with model.input_skip it must be > 0 "
+      "(the data's root mean square, e.g. 0.5 for natural images in [-1, 1])."
+    )
   if "loss" in config:
     for field in PER_LEVEL_LOSS_FIELDS:
       _check_per_level(f"loss.{field}", config.loss[field], L)

@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
       label_dropout=0.0,
       fourier_scale=16.0,
       resample_filter=(1, 3, 3, 1),
+      # True: the generator adds gain_l · upsample(x_l) to its output, the least-squares estimate
+      # of its target from x_l alone (models.input_skip_gains), so the U-Net learns the residual.
+      # False (the release): the U-Net predicts the whole image.
+      input_skip=False,
+      sigma_data=0.5,  # pixel std assumed by input_skip's gains (data in [-1, 1])
     )
   )
 

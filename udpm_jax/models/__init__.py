@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from udpm_jax import process
 from udpm_jax.models.discriminator import Discriminator
 from udpm_jax.models.unet import SongUNet
 
@@ -16,6 +17,7 @@ __all__ = [
   "build_generator",
   "build_discriminator",
   "discriminator_blocks",
+  "input_skip_gains",
   "init_generator",
   "init_discriminator",
 ]
@@ -47,9 +49,35 @@ def build_generator(config, dtype=None) -> SongUNet:
     dropout=m.dropout,
     label_dropout=m.label_dropout,
     fourier_scale=m.fourier_scale,
+    skip_gains=input_skip_gains(config) if m.get("input_skip", False) else (),
     dtype=dtype or jnp.float32,
     **arch_defaults,
   )
+
+
+def input_skip_gains(config) -> tuple[float, ...]:
+  """Per-level gains of the generator's input skip: the linear least-squares estimate of
+  y = H^{l−1} x_0 from x_l = ᾱ_l H y + noise, written as gain_l · up(x_l), up = bilinear ×s.
+
+  For an image y that is smooth at the kernel's scale, H y ≈ (Σw) · y at the coarse pixels, so
+  up(x_l) ≈ ᾱ_l Σw · y + noise of variance σ̃_l². With pixel variance v_l = σ_data² (Σw)^{2(l−1)}
+  for y, the estimate is k_l · up(x_l) / (ᾱ_l Σw), k_l = ᾱ_l² (Σw)² v_l / (ᾱ_l² (Σw)² v_l + σ̃_l²):
+  close to the inverse at level 1, zero at a pure-noise top level. The U-Net adds what this misses
+  (detail, and the noise to remove), so training starts from an upsampling instead of from zero,
+  as EDM's c_skip does for ordinary diffusion. Bilinear rather than nearest upsampling: on
+  Fashion-MNIST its estimate is closer (level-1 L1 0.140 vs 0.151, level 2 0.70 vs 0.80) and
+  leaves no 2×2 blocks for the U-Net to undo.
+  """
+  sched = process.Schedule.from_config(config)
+  w_sum = float(sched.kernel_array.sum())
+  sigma_data = float(config.model.get("sigma_data", 0.5))
+  gains = []
+  for level in range(1, sched.levels + 1):
+    a = sched.alpha_bars[level]
+    signal = (a * w_sum) ** 2 * sigma_data**2 * w_sum ** (2 * (level - 1))
+    k = signal / (signal + sched.sigma_tilde_sq[level])
+    gains.append(k / (a * w_sum))
+  return tuple(gains)
 
 
 def discriminator_blocks(config) -> int:

@@ -39,6 +39,9 @@ class SongUNet(nn.Module):
   label_dropout: float = 0.0
   fourier_scale: float = 16.0
   resample_taps: Sequence[float] = (1, 3, 3, 1)
+  # One gain per level (level 1 first); () = none. The output becomes
+  # gain_l · bilinear-upsample(x_l) + U-Net(x_l): see `models.input_skip_gains`.
+  skip_gains: Sequence[float] = ()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -46,6 +49,7 @@ class SongUNet(nn.Module):
     """Args: x (B, n, n, C_in) at any side n = N/s^l; t scalar or (B,); labels None, int (B,) or
     one-hot (B, K). Returns (B, n·s, n·s, out_channels)."""
     b = x.shape[0]
+    skip_gain = self.skip_gains[self._level(x.shape[1])] if self.skip_gains else None
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,))
     ncsn = self.arch == "ncsnpp"
     noise_ch = self.model_channels * self.channel_mult_noise
@@ -150,7 +154,21 @@ class SongUNet(nn.Module):
           dtype=self.dtype,
           name=f"dec_{res}_aux_conv",
         )(nn.silu(tmp))
-    return layers.pixel_shuffle(out, self.scale)
+    out = layers.pixel_shuffle(out, self.scale)
+    if skip_gain is not None:
+      up = jax.image.resize(x.astype(jnp.float32), out.shape, "bilinear")
+      out = out + (skip_gain * up).astype(out.dtype)
+    return out
+
+  def _level(self, side: int) -> int:
+    """Index (level − 1) of the input side N/s^l, from the U-Net's nominal level-1 side N/s."""
+    sides = [self.nominal_resolution // self.scale**i for i in range(len(self.skip_gains))]
+    if side not in sides:
+      raise ValueError(
+        f"Input side {side} is not one of the level sides {sides} this generator's skip_gains "
+        "are defined for."
+      )
+    return sides.index(side)
 
 
 def _one_hot(labels, num_classes, batch):
