@@ -190,7 +190,9 @@ def test_input_skip_adds_the_least_squares_upsampling_of_x_l():
   with pytest.raises(ValueError, match="Input side 3 is not one of the level sides"):
     with_skip.apply(variables, jnp.zeros((1, 3, 3, 3)), 0.5, labels[:1])
   config.model.update(input_skip=True, sigma_data=0.0)
-  with pytest.raises(ValueError, match="model.sigma_data=0.0; with model.input_skip it must be > 0"):
+  with pytest.raises(
+    ValueError, match="model.sigma_data=0.0; with model.input_skip it must be > 0"
+  ):
     udpm_jax.configs.validate(config)
 
 
