@@ -103,7 +103,8 @@ def fir_upsample(x, taps):
 
 # Output sides up to this use `conv2d`'s gathered-window matmul. XLA:CPU's convolution measured
 # 15× slower than that matmul at 2×2 (3×3 kernel, 256 channels, batch 16: 16.3 vs 1.05 ms forward,
-# 35 vs 2.3 ms with gradients) and 2.6× at 1×1; equal at 3×3 and above.
+# 35 vs 2.3 ms with gradients), 2.6× at 1×1, slightly at 3×3 (6.0 vs 4.6 ms with gradients);
+# equal or slower from 4×4 up.
 SMALL_SIDE = 3
 
 
