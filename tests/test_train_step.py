@@ -116,6 +116,31 @@ def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_th
   assert len(fetches) == 2  # the state's step (8), then the table of the block it starts
 
 
+def test_host_dispatch_compiles_every_drawable_level_at_the_first_step(caplog):
+  """All 2L programs are compiled together at the first step (on as many threads), and later
+  steps that draw other levels compile nothing; a level of weight 0 is never compiled."""
+  config = _config(log_every=4, level_weights=(1.0, 0.0, 1.0))
+  mesh, state, step_fn, spec = _setup(config, jax.devices()[:1])
+  batches = [sharding.to_global_batch(b, mesh) for b in _batches(config, 8)]
+
+  def compiles():
+    return [r for r in caplog.records if r.getMessage().startswith("Compiling ")]
+
+  caplog.set_level("WARNING")
+  with jax.log_compiles(True):
+    state, m = step_fn(state, batches[0], None, step=0)
+    first = [r.getMessage().split(" ")[1] for r in compiles()]
+    caplog.clear()
+    seen = {(int(m["level_d"]), int(m["level_g"]))}
+    for s, b in enumerate(batches[1:], start=1):
+      state, m = step_fn(state, b, None, step=s)
+      seen.add((int(m["level_d"]), int(m["level_g"])))
+    later = [r.getMessage()[:80] for r in compiles()]
+  assert {lvl for pair in seen for lvl in pair} == {1, 3}  # both drawable levels were drawn
+  assert not later, later
+  assert (first.count("jit(d_update)"), first.count("jit(g_update)")) == (2, 2), first
+
+
 def test_ema_is_the_hand_computation():
   config = _config(ema_decay=0.9)
   mesh = sharding.make_mesh(jax.devices()[:1])
