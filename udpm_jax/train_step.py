@@ -485,7 +485,9 @@ def jit_train_step(config, mesh, spec: StepSpec):
 
   def host_step(state, batch, lpips_params, step=None):
     """One update of a state at `step` (give it: the host tracks it, so no fetch is made)."""
-    if not compiled:
+    # One process only: with jax.distributed, compiling on several threads at once aborted
+    # the CPU processes' coordination service; there each program compiles when first drawn.
+    if not compiled and jax.process_count() == 1:
       compiled.append(compile_level_programs(spec, d_jit, g_jit, state, batch, lpips_params))
     level_d, level_g = levels_at(state, step)
     state, d_metrics = d_jit(state, batch, level_d)
@@ -499,8 +501,8 @@ def jit_train_step(config, mesh, spec: StepSpec):
 def compile_level_programs(spec: StepSpec, d_jit, g_jit, state, batch, lpips_params) -> int:
   """Compiles the D and G programs of every level that can be drawn, all at once, and returns
   how many: XLA compiles each program on one thread, so on several cores the 2L programs take
-  about the longest one's compile time instead of the sum (the demo: ~45 s instead of ~90 s on
-  two cores). The jitted functions reuse these compilations when first called."""
+  about the longest one's compile time instead of their sum on as many cores. The jitted
+  functions reuse these compilations when first called."""
   drawn = [
     level
     for level in range(1, spec.levels + 1)
