@@ -481,14 +481,16 @@ def jit_train_step(config, mesh, spec: StepSpec):
     donate_argnums=(0,),
   )
 
-  compiled = []
+  precompile = jax.process_count() == 1
 
   def host_step(state, batch, lpips_params, step=None):
     """One update of a state at `step` (give it: the host tracks it, so no fetch is made)."""
+    nonlocal precompile
     # One process only: with jax.distributed, compiling on several threads at once aborted
     # the CPU processes' coordination service; there each program compiles when first drawn.
-    if not compiled and jax.process_count() == 1:
-      compiled.append(compile_level_programs(spec, d_jit, g_jit, state, batch, lpips_params))
+    if precompile:
+      compile_level_programs(spec, d_jit, g_jit, state, batch, lpips_params)
+      precompile = False
     level_d, level_g = levels_at(state, step)
     state, d_metrics = d_jit(state, batch, level_d)
     state, g_metrics = g_jit(state, batch, lpips_params, level_g)
