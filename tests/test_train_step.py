@@ -117,8 +117,8 @@ def test_host_dispatch_reads_nothing_from_devices_between_log_steps_and_draws_th
 
 
 def test_host_dispatch_compiles_every_drawable_level_at_the_first_step(caplog):
-  """All 2L programs are compiled together at the first step (on as many threads), and later
-  steps that draw other levels compile nothing; a level of weight 0 is never compiled."""
+  """All 2L programs are compiled at the first step, and later steps that draw other levels
+  compile nothing; a level of weight 0 is never compiled."""
   config = _config(log_every=4, level_weights=(1.0, 0.0, 1.0))
   mesh, state, step_fn, spec = _setup(config, jax.devices()[:1])
   batches = [sharding.to_global_batch(b, mesh) for b in _batches(config, 8)]
@@ -126,10 +126,11 @@ def test_host_dispatch_compiles_every_drawable_level_at_the_first_step(caplog):
   def compiles():
     return [r for r in caplog.records if r.getMessage().startswith("Compiling ")]
 
-  caplog.set_level("WARNING")
+  caplog.set_level("INFO")
   with jax.log_compiles(True):
     state, m = step_fn(state, batches[0], None, step=0)
     first = [r.getMessage().split(" ")[1] for r in compiles()]
+    report = [r.getMessage() for r in caplog.records if "training programs" in r.getMessage()]
     caplog.clear()
     seen = {(int(m["level_d"]), int(m["level_g"]))}
     for s, b in enumerate(batches[1:], start=1):
@@ -139,6 +140,10 @@ def test_host_dispatch_compiles_every_drawable_level_at_the_first_step(caplog):
   assert {lvl for pair in seen for lvl in pair} == {1, 3}  # both drawable levels were drawn
   assert not later, later
   assert (first.count("jit(d_update)"), first.count("jit(g_update)")) == (2, 2), first
+  # The log gives each program's compile time, by name.
+  assert len(report) == 1 and report[0].startswith("Compiled 4 training programs"), report
+  assert all(f"{u}/{lvl} " in report[0] for u in ("d_update", "g_update") for lvl in (1, 3))
+  assert "/2 " not in report[0], report
 
 
 def test_ema_is_the_hand_computation():
