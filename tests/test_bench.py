@@ -1,9 +1,14 @@
 """The compute report: UDPM's sampling cost claim checked on the tiny config's real network."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import udpm_jax
+from tools import fault_soak
 from udpm_jax import benchmark
 
 
@@ -56,3 +61,23 @@ def test_mfu_peak_by_device_name_and_compute_dtype():
   # float32 compute has no 16-bit peak to compare with; an unknown device has none at all.
   assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "float32") is None
   assert benchmark.peak_flops("cpu", "bfloat16") is None
+
+
+@pytest.mark.slow
+def test_winograd_side_by_side_times_both_discriminator_updates_and_compares_their_weights(
+  tmp_path,
+):
+  """tools.bench_winograd on the tiny config (16², D input sides 16 / 8 / 4): only level 1 reaches
+  the Winograd minimum side; both programs run and compute the same loss, logits and R1 penalty up to rounding."""
+  out = tmp_path / "winograd.json"
+  cmd = [sys.executable, "-m", "tools.bench_winograd", "--config=configs/test.py", "--batch=4"]
+  cmd += ["--repeats=1", f"--out={out}"]
+  subprocess.run(cmd, check=True, env=fault_soak.subprocess_env(), cwd=fault_soak.REPO)
+  r = json.loads(out.read_text())
+  assert r["winograd_min_side"] == 16 and list(r["per_level"]) == ["1"]
+  row = r["per_level"]["1"]
+  assert row["direct_seconds"] > 0 and row["winograd_seconds"] > 0
+  np.testing.assert_allclose(row["speedup"], row["direct_seconds"] / row["winograd_seconds"])
+  # The same loss, logits and R1 penalty up to float32 rounding (a wrong transform is off by O(1)).
+  assert set(row["metrics_relative_difference"]) == {"d_loss", "d_real_logit", "d_fake_logit", "r1"}
+  assert max(row["metrics_relative_difference"].values()) < 1e-4

@@ -212,11 +212,12 @@ def _bilinear_x2(x):
   return x
 
 
-@pytest.mark.parametrize("side", [1, 2, 3])
+@pytest.mark.parametrize("side", [1, 2, 3, 8])
 @pytest.mark.parametrize("kernel,pad", [(3, 1), (3, 2), (1, 0), (5, 2)])
-def test_small_side_convolution_equals_lax_conv(side, kernel, pad):
-  """The gathered-window matmul used for small outputs equals XLA's convolution, values and
-  gradients, including the wider padding of the fused down-sampling path."""
+def test_conv2d_equals_lax_conv(side, kernel, pad):
+  """`conv2d` equals XLA's convolution, values and gradients: the gathered-window matmul used for
+  small outputs, and at side 8 the padding wider than k // 2 (the fused down-sampling path) that
+  it applies to x before the convolution."""
   kx, kw = jax.random.split(jax.random.PRNGKey(side * 10 + kernel))
   x = jax.random.normal(kx, (3, side, side, 5))
   w = jax.random.normal(kw, (kernel, kernel, 5, 7))
@@ -229,6 +230,85 @@ def test_small_side_convolution_equals_lax_conv(side, kernel, pad):
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
   for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)  # sums of ~100 terms ~10
+
+
+def _lax_conv(padding):
+  return lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@pytest.mark.parametrize("side,pad", [(8, 1), (8, 2), (6, 0), (4, 1)])
+def test_winograd_convolution_equals_lax_conv_with_first_and_second_derivatives(side, pad):
+  """Winograd F(2×2, 3×3) is the same function as direct convolution: values, both gradients and
+  the R1-style double derivative (the kernel gradient of ‖∂Σf/∂x‖²) agree to float32 rounding."""
+  kx, kw = jax.random.split(jax.random.PRNGKey(side + 7 * pad))
+  x = jax.random.normal(kx, (2, side, side, 5))
+  w = jax.random.normal(kw, (3, 3, 5, 7))
+  padding = ((pad, pad), (pad, pad))
+  ref, ours = _lax_conv(padding), lambda x, w: layers.winograd_conv3x3(x, w, padding)
+  out = ours(x, w)
+  assert out.shape == (2, side + 2 * pad - 2, side + 2 * pad - 2, 7)
+  np.testing.assert_allclose(out, ref(x, w), rtol=1e-5, atol=2e-5)  # values ~10
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)
+  r1 = lambda f: lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, w))))(x) ** 2)
+  np.testing.assert_allclose(jax.grad(r1(ours))(w), jax.grad(r1(ref))(w), rtol=1e-4, atol=1e-3)
+  # A wrong transform entry is not within these tolerances.
+  broken = layers._WINOGRAD_G.copy()
+  broken[1, 2] = 0.25
+  original, layers._WINOGRAD_G = layers._WINOGRAD_G, broken
+  try:
+    assert float(jnp.max(jnp.abs(ours(x, w) - ref(x, w)))) > 1e-2
+  finally:
+    layers._WINOGRAD_G = original
+
+
+def test_conv2d_uses_winograd_only_for_3x3_even_outputs_from_the_minimum_side():
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 7, 2))
+  w3 = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3))
+  same = ((1, 1), (1, 1))
+  with pytest.raises(ValueError, match="even output sides"):
+    layers.winograd_conv3x3(x, w3, same)
+  # Odd sides, 5×5 kernels and sides below the minimum go to the other paths, unchanged.
+  np.testing.assert_allclose(layers.conv2d(x, w3, same, 4), _lax_conv(same)(x, w3), atol=2e-5)
+  w5 = jax.random.normal(jax.random.PRNGKey(2), (5, 5, 2, 3))
+  x8 = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 2))
+  wide = ((2, 2), (2, 2))
+  np.testing.assert_array_equal(layers.conv2d(x8, w5, wide, 4), layers.conv2d(x8, w5, wide))
+  np.testing.assert_array_equal(layers.conv2d(x8, w3, same, 10), layers.conv2d(x8, w3, same))
+  np.testing.assert_array_equal(
+    layers.conv2d(x8, w3, same, 8), layers.winograd_conv3x3(x8, w3, same)
+  )
+
+
+def test_winograd_discriminator_matches_the_direct_one():
+  """With the same weights, the discriminator's logits and its R1 gradient do not depend on the
+  convolution algorithm; `winograd_min_side=-1` resolves to 16 on the CPU in float32 only."""
+  config = udpm_jax.configs.get_config("test")
+  config.data.update(image_size=16)
+  variables = models.init_discriminator(config, jax.random.PRNGKey(0))
+  x, t, labels = models._dummy(config, 16, batch=4)
+  x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  labels = None if not config.discriminator.conditional else labels
+
+  def run(side):
+    config.discriminator.winograd_min_side = side
+    disc = models.build_discriminator(config)
+    assert disc.winograd_min_side == side
+    f = lambda y: jnp.sum(disc.apply(variables, y, t, labels))
+    return disc.apply(variables, x, t, labels), jax.grad(f)(x)
+
+  (direct, g_direct), (wino, g_wino) = run(0), run(4)
+  np.testing.assert_allclose(wino, direct, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g_wino, g_direct, rtol=1e-4, atol=2e-5)  # entries up to ~0.3
+  config.discriminator.winograd_min_side = -1
+  assert models.discriminator_winograd_min_side(config, jnp.float32) == 16
+  assert models.discriminator_winograd_min_side(config, jnp.bfloat16) == 0
+  config.discriminator.winograd_min_side = -2
+  with pytest.raises(ValueError, match="discriminator.winograd_min_side"):
+    udpm_jax.configs.validate(config)
 
 
 def test_conv_module_keeps_flax_conv_parameters_and_initialisation():

@@ -123,6 +123,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   )
   gain = d.get("stddev_gain", 1.0)
   _check("discriminator.stddev_gain", gain, isinstance(gain, (int, float)) and gain > 0, "> 0")
+  wino = d.get("winograd_min_side", -1)
+  _check(
+    "discriminator.winograd_min_side",
+    wino,
+    _is_int(wino) and wino >= -1,
+    "-1 (auto: 16 on the CPU in float32, else off), 0 (off) or a side >= 1",
+  )
   t = config.training
   if groups and t.batch_size and t.batch_size % groups:
     raise ValueError(

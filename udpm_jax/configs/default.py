@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
       stddev_gain=1.0,  # factor on the stddev feature (larger: D learns to use it sooner)
       quirk_stddev_sum_chw=True,  # the release sums the stddev feature over C·H·W
       quirk_logit_dropout=True,  # the release applies dropout to the logit
+      # 3×3 convolutions with outputs of at least this side by Winograd F(2×2, 3×3) (the same
+      # function to float32 rounding); -1: auto (16 on the CPU in float32, else 0 = off).
+      winograd_min_side=-1,
     )
   )
 

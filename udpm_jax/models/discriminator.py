@@ -30,6 +30,8 @@ class Discriminator(nn.Module):
   stddev_gain: float = 1.0
   quirk_stddev_sum_chw: bool = True  # the release sums the stddev feature over C·H·W (not mean)
   quirk_logit_dropout: bool = True  # the release applies dropout to the final logit
+  # 3×3 convolutions with outputs of at least this side (even) by Winograd F(2×2, 3×3); 0: never.
+  winograd_min_side: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -72,6 +74,7 @@ class Discriminator(nn.Module):
         film=True,
         init="kaiming",
         zero_gain=1.0,
+        winograd_min_side=self.winograd_min_side,
         dtype=self.dtype,
         name=f"block{i}",
       )
@@ -82,7 +85,14 @@ class Discriminator(nn.Module):
     std = std * self.stddev_gain
     h = jnp.concatenate([h, std], axis=-1)
     h = lrelu(
-      layers.Conv(min(ch * 8, 512), 3, init="kaiming", dtype=self.dtype, name="final_conv")(h)
+      layers.Conv(
+        min(ch * 8, 512),
+        3,
+        init="kaiming",
+        winograd_min_side=self.winograd_min_side,
+        dtype=self.dtype,
+        name="final_conv",
+      )(h)
     )
     logit = nn.Dense(1, dtype=self.dtype, name="out")(jnp.sum(h, axis=(1, 2)))[:, 0]
     if self.quirk_logit_dropout:

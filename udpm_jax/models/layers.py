@@ -108,17 +108,86 @@ def fir_upsample(x, taps):
 SMALL_SIDE = 3
 
 
-def conv2d(x, kernel, padding):
+# Winograd F(2×2, 3×3) (Lavin & Gray 2016): a 4×4 input tile d gives the 2×2 output tile
+# Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, 16 multiplications where direct convolution needs 36.
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def _combination(arrays, coefficients):
+  """Σ c·a over the nonzero coefficients (the transforms' entries are 0, ±1 and ±½)."""
+  terms = [float(c) * a for c, a in zip(coefficients, arrays) if c != 0]
+  return sum(terms[1:], terms[0])
+
+
+def winograd_conv3x3(x, kernel, padding):
+  """The stride-1 3×3 convolution `conv2d(x, kernel, padding)` by Winograd F(2×2, 3×3).
+
+  Needs even output sides. Each of the 16 transformed tile positions is one (B·tiles, C_in) ×
+  (C_in, C_out) matmul, so the matmuls do 16/36 of direct convolution's multiplications; the
+  transforms add and subtract input-sized arrays. Agrees with direct convolution to float32
+  rounding (the transform entries are 0, ±1, ±½). Gradients, of any order, by autodiff: they are
+  matmuls and the transposed transforms.
+  """
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  h_tiles, w_tiles = (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2
+  if 2 * h_tiles != x.shape[1] - 2 or 2 * w_tiles != x.shape[2] - 2:
+    raise ValueError(f"Winograd F(2x2, 3x3) needs even output sides, got {x.shape[1:3]} - 2.")
+  # Bᵀ d B, separably: tile rows a = 0…3 are every second row from offset a.
+  rows = [jax.lax.slice_in_dim(x, a, a + 2 * h_tiles - 1, stride=2, axis=1) for a in range(4)]
+  u_kernel = jnp.einsum("ua,vb,abio->uvio", _WINOGRAD_G, _WINOGRAD_G, kernel)
+  products = {}
+  for u in range(4):
+    row_u = _combination(rows, _WINOGRAD_BT[u])
+    cols = [jax.lax.slice_in_dim(row_u, a, a + 2 * w_tiles - 1, stride=2, axis=2) for a in range(4)]
+    for v in range(4):
+      # One matmul per (u, v), each fed by its own fused transform: stacking the 16 transformed
+      # inputs for one batched matmul measured slower (an extra copy of 4× the input).
+      tile_uv = _combination(cols, _WINOGRAD_BT[v])
+      products[u, v] = jnp.einsum("bhwi,io->bhwo", tile_uv, u_kernel[u, v])
+  # Aᵀ M A, separably, then the 2×2 output phases interleaved.
+  half = {
+    (u, j): _combination([products[u, v] for v in range(4)], _WINOGRAD_AT[j])
+    for u in range(4)
+    for j in range(2)
+  }
+  phases = [
+    jnp.stack([_combination([half[u, j] for u in range(4)], _WINOGRAD_AT[i]) for j in range(2)], 3)
+    for i in range(2)
+  ]
+  out = jnp.stack(phases, axis=2)  # (B, h_tiles, 2, w_tiles, 2, C_out)
+  b, c_out = out.shape[0], out.shape[-1]
+  return out.reshape(b, 2 * h_tiles, 2 * w_tiles, c_out)
+
+
+def conv2d(x, kernel, padding, winograd_min_side: int = 0):
   """Stride-1 2-D convolution (NHWC, HWIO kernel, `padding` ((top, bottom), (left, right))).
 
   Small outputs are computed as one matmul over the k² shifted windows, leaving out the taps that
-  only ever see padding (at 1×1 a 3×3 kernel has one live tap); larger ones by `lax.conv`.
+  only ever see padding (at 1×1 a 3×3 kernel has one live tap); 3×3 kernels with even output
+  sides of at least `winograd_min_side` (> 0) by `winograd_conv3x3`; the rest by `lax.conv`.
   """
   (top, bottom), (left, right) = padding
   k_h, k_w = kernel.shape[:2]
   h_in, w_in = x.shape[1], x.shape[2]
   h_out, w_out = h_in + top + bottom - k_h + 1, w_in + left + right - k_w + 1
+  if (
+    winograd_min_side > 0
+    and (k_h, k_w) == (3, 3)
+    and min(h_out, w_out) >= winograd_min_side
+    and h_out % 2 == 0
+    and w_out % 2 == 0
+  ):
+    return winograd_conv3x3(x, kernel, padding)
   if max(h_out, w_out) > SMALL_SIDE or k_h * k_w == 1:
+    # Padding wider than k // 2 is applied to x first: XLA:CPU hands only convolutions padded by
+    # at most k // 2 to its fast library, and computes the others' kernel gradient ~20× slower.
+    same = (k_h // 2, k_w // 2)
+    extra = [(max(lo - s, 0), max(hi - s, 0)) for (lo, hi), s in zip(padding, same)]
+    if any(map(any, extra)):
+      x = jnp.pad(x, ((0, 0), *extra, (0, 0)))
+      padding = tuple((lo - e_lo, hi - e_hi) for (lo, hi), (e_lo, e_hi) in zip(padding, extra))
     return jax.lax.conv_general_dilated(
       x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -144,6 +213,7 @@ class Conv2D(nn.Module):
   kernel_size: int
   padding: tuple
   kernel_init: Any
+  winograd_min_side: int = 0  # see `conv2d`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -152,7 +222,8 @@ class Conv2D(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    return conv2d(x, kernel, tuple(map(tuple, self.padding))) + bias
+    padding = tuple(map(tuple, self.padding))
+    return conv2d(x, kernel, padding, self.winograd_min_side) + bias
 
 
 class Conv(nn.Module):
@@ -166,6 +237,7 @@ class Conv(nn.Module):
   resample_taps: Sequence[float] = (1, 1)
   init_gain: float = 1.0
   init: str = "xavier"
+  winograd_min_side: int = 0  # see `conv2d`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -183,6 +255,7 @@ class Conv(nn.Module):
       padding=tuple(pad),
       dtype=self.dtype,
       kernel_init=init_fn(self.init_gain),
+      winograd_min_side=self.winograd_min_side,
       name="conv",
     )(h)
     w_pad = self.kernel // 2
@@ -246,6 +319,7 @@ class ResBlock(nn.Module):
   film: bool = False
   init: str = "xavier"
   zero_gain: float = 1e-5
+  winograd_min_side: int = 0  # see `conv2d`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -257,6 +331,7 @@ class ResBlock(nn.Module):
       resample_taps=self.resample_taps,
       init_gain=gain,
       init=self.init,
+      winograd_min_side=self.winograd_min_side,
       dtype=self.dtype,
       name=name,
       **kw,
