@@ -216,8 +216,8 @@ def _bilinear_x2(x):
 @pytest.mark.parametrize("kernel,pad", [(3, 1), (3, 2), (1, 0), (5, 2)])
 def test_conv2d_equals_lax_conv(side, kernel, pad):
   """`conv2d` equals XLA's convolution, values and gradients: the gathered-window matmul used for
-  small outputs, and at side 8 the padding wider than k // 2 (the fused down-sampling path) that
-  it applies to x before the convolution."""
+  small outputs, and at side 8 XLA's convolution itself, with the wider padding of the fused
+  down-sampling path."""
   kx, kw = jax.random.split(jax.random.PRNGKey(side * 10 + kernel))
   x = jax.random.normal(kx, (3, side, side, 5))
   w = jax.random.normal(kw, (kernel, kernel, 5, 7))
@@ -230,6 +230,20 @@ def test_conv2d_equals_lax_conv(side, kernel, pad):
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
   for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)  # sums of ~100 terms ~10
+
+
+def test_conv2d_with_padding_wider_than_half_the_kernel_on_wide_outputs_equals_lax_conv():
+  """From PREPAD_MIN_FEATURES output channels the excess padding goes into x first: same values
+  and gradients as XLA's convolution padded directly."""
+  kx, kw = jax.random.split(jax.random.PRNGKey(5))
+  x = jax.random.normal(kx, (2, 8, 8, 3))
+  w = jax.random.normal(kw, (3, 3, 3, layers.PREPAD_MIN_FEATURES)) * 0.3
+  padding = ((2, 2), (2, 2))
+  ref, ours = _lax_conv(padding), lambda x, w: layers.conv2d(x, w, padding)
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)
 
 
 def _lax_conv(padding):

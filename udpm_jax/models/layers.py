@@ -106,6 +106,9 @@ def fir_upsample(x, taps):
 # 35 vs 2.3 ms with gradients), 2.6× at 1×1, slightly at 3×3 (6.0 vs 4.6 ms with gradients);
 # equal or slower from 4×4 up.
 SMALL_SIDE = 3
+# Output channels from which `conv2d` moves padding wider than k // 2 into the input (measured:
+# faster at 256 channels, CIFAR10's generator; slower at 32–64, the CPU demo's).
+PREPAD_MIN_FEATURES = 128
 
 
 # Winograd F(2×2, 3×3) (Lavin & Gray 2016): a 4×4 input tile d gives the 2×2 output tile
@@ -181,11 +184,12 @@ def conv2d(x, kernel, padding, winograd_min_side: int = 0):
   ):
     return winograd_conv3x3(x, kernel, padding)
   if max(h_out, w_out) > SMALL_SIDE or k_h * k_w == 1:
-    # Padding wider than k // 2 is applied to x first: XLA:CPU hands only convolutions padded by
-    # at most k // 2 to its fast library, and computes the others' kernel gradient ~20× slower.
+    # Padding wider than k // 2 is applied to x first where the output is wide: XLA:CPU hands
+    # only convolutions padded by at most k // 2 to its fast library, and computed the others'
+    # kernel gradient ~20× slower at 256 channels; at 32–64 channels the first way was faster.
     same = (k_h // 2, k_w // 2)
     extra = [(max(lo - s, 0), max(hi - s, 0)) for (lo, hi), s in zip(padding, same)]
-    if any(map(any, extra)):
+    if any(map(any, extra)) and kernel.shape[-1] >= PREPAD_MIN_FEATURES:
       x = jnp.pad(x, ((0, 0), *extra, (0, 0)))
       padding = tuple((lo - e_lo, hi - e_hi) for (lo, hi), (e_lo, e_hi) in zip(padding, extra))
     return jax.lax.conv_general_dilated(
