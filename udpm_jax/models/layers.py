@@ -39,6 +39,12 @@ def fir_filter(taps: Sequence[float]) -> np.ndarray:
   return np.outer(fir_taps(taps), fir_taps(taps))
 
 
+def _combination(arrays, coefficients):
+  """Σ c·a in order over the nonzero coefficients: the FIR filters' and Winograd's weighted sums."""
+  terms = [float(c) * a for c, a in zip(coefficients, arrays) if c != 0]
+  return sum(terms[1:], terms[0])
+
+
 def _shift(x, offset: int, axis: int):
   """y[m] = x[m + offset] along `axis`, zero where m + offset falls outside."""
   n = x.shape[axis]
@@ -56,11 +62,8 @@ def _strided_fir_1d(x, f, pad: int, axis: int):
     widths[axis] = (pad, pad)
     x = jnp.pad(x, widths)
   n = (x.shape[axis] - len(f)) // 2 + 1
-  terms = [
-    float(c) * jax.lax.slice_in_dim(x, a, a + 2 * n - 1, stride=2, axis=axis)
-    for a, c in enumerate(f)
-  ]
-  return sum(terms[1:], terms[0])
+  slices = [jax.lax.slice_in_dim(x, a, a + 2 * n - 1, stride=2, axis=axis) for a in range(len(f))]
+  return _combination(slices, f)
 
 
 def _strided_fir(x, f, pad: int):
@@ -80,12 +83,9 @@ def _fir_upsample_1d(y, f, axis: int):
   pad = (len(f) - 1) // 2
   phases = []
   for r in (0, 1):
-    terms = [
-      2.0 * float(c) * _shift(y, (r + pad - a) // 2, axis)
-      for a, c in enumerate(f)
-      if (r + pad - a) % 2 == 0
-    ]
-    phases.append(sum(terms[1:], terms[0]))
+    taps = [a for a in range(len(f)) if (r + pad - a) % 2 == 0]
+    shifted = [_shift(y, (r + pad - a) // 2, axis) for a in taps]
+    phases.append(_combination(shifted, [2.0 * float(f[a]) for a in taps]))
   out = jnp.stack(phases, axis=axis + 1)
   return out.reshape(y.shape[:axis] + (2 * y.shape[axis],) + y.shape[axis + 1 :])
 
@@ -118,12 +118,6 @@ _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
 _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
-def _combination(arrays, coefficients):
-  """Σ c·a over the nonzero coefficients (the transforms' entries are 0, ±1 and ±½)."""
-  terms = [float(c) * a for c, a in zip(coefficients, arrays) if c != 0]
-  return sum(terms[1:], terms[0])
-
-
 def winograd_conv3x3(x, kernel, padding):
   """The stride-1 3×3 convolution `conv2d(x, kernel, padding)` by Winograd F(2×2, 3×3).
 
@@ -136,7 +130,8 @@ def winograd_conv3x3(x, kernel, padding):
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   h_tiles, w_tiles = (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2
   if 2 * h_tiles != x.shape[1] - 2 or 2 * w_tiles != x.shape[2] - 2:
-    raise ValueError(f"Winograd F(2x2, 3x3) needs even output sides, got {x.shape[1:3]} - 2.")
+    sides = (x.shape[1] - 2, x.shape[2] - 2)
+    raise ValueError(f"Winograd F(2x2, 3x3) needs even output sides; these would be {sides}.")
   # Bᵀ d B, separably: tile rows a = 0…3 are every second row from offset a.
   rows = [jax.lax.slice_in_dim(x, a, a + 2 * h_tiles - 1, stride=2, axis=1) for a in range(4)]
   u_kernel = jnp.einsum("ua,vb,abio->uvio", _WINOGRAD_G, _WINOGRAD_G, kernel)
@@ -186,7 +181,8 @@ def conv2d(x, kernel, padding, winograd_min_side: int = 0):
   if max(h_out, w_out) > SMALL_SIDE or k_h * k_w == 1:
     # Padding wider than k // 2 is applied to x first where the output is wide: XLA:CPU hands
     # only convolutions padded by at most k // 2 to its fast library, and computed the others'
-    # kernel gradient ~20× slower at 256 channels; at 32–64 channels the first way was faster.
+    # kernel gradient in a slow fallback (340 ms for CIFAR10's 256-channel one at 10²); at 32–64
+    # channels the fallback was the faster way.
     same = (k_h // 2, k_w // 2)
     extra = [(max(lo - s, 0), max(hi - s, 0)) for (lo, hi), s in zip(padding, same)]
     if any(map(any, extra)) and kernel.shape[-1] >= PREPAD_MIN_FEATURES:
