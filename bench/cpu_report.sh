@@ -3,6 +3,9 @@
 # memory, sampling images/s and, for the tiny config, training steps/s. Writes bench/out/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Transparent huge pages for XLA:CPU's per-call temporaries, as the launch scripts set (see
+# launch/common.sh); both sides of the comparison with the release run in this one process.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
 mkdir -p bench/out
 for cfg in cifar10 ffhq64; do
   python -m udpm_jax.bench --config="configs/$cfg.py" --batch=8 --repeats=2 --out="bench/out/$cfg.json"

@@ -64,20 +64,24 @@ def test_mfu_peak_by_device_name_and_compute_dtype():
 
 
 @pytest.mark.slow
-def test_winograd_side_by_side_times_both_discriminator_updates_and_compares_their_weights(
+def test_winograd_side_by_side_times_discriminator_updates_and_samplers_and_compares_outputs(
   tmp_path,
 ):
-  """tools.bench_winograd on the tiny config (16², D input sides 16 / 8 / 4): only level 1 reaches
-  the Winograd minimum side; both programs run and compute the same loss, logits and R1 penalty up to rounding."""
+  """tools.bench_winograd on the tiny config (16², D input sides 16 / 8 / 4): levels 1 and 2 reach
+  the Winograd minimum side 8; both programs of each pair run and compute the same D loss, logits,
+  R1 penalty and images up to rounding."""
   out = tmp_path / "winograd.json"
   cmd = [sys.executable, "-m", "tools.bench_winograd", "--config=configs/test.py", "--batch=4"]
   cmd += ["--repeats=1", f"--out={out}"]
   subprocess.run(cmd, check=True, env=fault_soak.subprocess_env(), cwd=fault_soak.REPO)
   r = json.loads(out.read_text())
-  assert r["winograd_min_side"] == 16 and list(r["per_level"]) == ["1"]
-  row = r["per_level"]["1"]
-  assert row["direct_seconds"] > 0 and row["winograd_seconds"] > 0
-  np.testing.assert_allclose(row["speedup"], row["direct_seconds"] / row["winograd_seconds"])
-  # The same loss, logits and R1 penalty up to float32 rounding (a wrong transform is off by O(1)).
-  assert set(row["metrics_relative_difference"]) == {"d_loss", "d_real_logit", "d_fake_logit", "r1"}
-  assert max(row["metrics_relative_difference"].values()) < 1e-4
+  assert r["winograd_min_side"] == 8 and list(r["d_update_per_level"]) == ["1", "2"]
+  rows = [*r["d_update_per_level"].values(), r["sampler"]]
+  for row in rows:
+    assert row["direct_seconds"] > 0 and row["winograd_seconds"] > 0
+    np.testing.assert_allclose(row["speedup"], row["direct_seconds"] / row["winograd_seconds"])
+    # The same outputs up to float32 rounding (a wrong transform is off by O(1)).
+    assert max(row["relative_difference"].values()) < 1e-4
+  names = {"d_loss", "d_real_logit", "d_fake_logit", "r1"}
+  assert all(set(row["relative_difference"]) == names for row in rows[:-1])
+  assert set(r["sampler"]["relative_difference"]) == {"images"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import udpm_jax
-from udpm_jax import models
+from udpm_jax import models, train_step
 from udpm_jax.models import layers
 
 # Counted on the authors' PyTorch modules (tools/parity_official.py) and equal here to the unit.
@@ -299,7 +299,7 @@ def test_conv2d_uses_winograd_only_for_3x3_even_outputs_from_the_minimum_side():
 
 def test_winograd_discriminator_matches_the_direct_one():
   """With the same weights, the discriminator's logits and its R1 gradient do not depend on the
-  convolution algorithm; `winograd_min_side=-1` resolves to 16 on the CPU in float32 only."""
+  convolution algorithm; `winograd_min_side=-1` resolves to 8 on the CPU in float32 only."""
   config = udpm_jax.configs.get_config("test")
   config.data.update(image_size=16)
   variables = models.init_discriminator(config, jax.random.PRNGKey(0))
@@ -318,10 +318,49 @@ def test_winograd_discriminator_matches_the_direct_one():
   np.testing.assert_allclose(wino, direct, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(g_wino, g_direct, rtol=1e-4, atol=2e-5)  # entries up to ~0.3
   config.discriminator.winograd_min_side = -1
-  assert models.discriminator_winograd_min_side(config, jnp.float32) == 16
+  assert models.WINOGRAD_CPU_MIN_SIDE == 8
+  assert models.discriminator_winograd_min_side(config, jnp.float32) == 8
   assert models.discriminator_winograd_min_side(config, jnp.bfloat16) == 0
   config.discriminator.winograd_min_side = -2
   with pytest.raises(ValueError, match="discriminator.winograd_min_side"):
+    udpm_jax.configs.validate(config)
+
+
+def test_forward_only_generator_uses_winograd_and_computes_the_same_function():
+  """`build_generator(forward_only=True)` takes `model.winograd_min_side` (auto: 8 on the CPU in
+  float32, off in bfloat16); the trained generator keeps direct convolution. Both give the same
+  images from the same variables at every level side, and D's fakes in the train step come from
+  the forward-only one."""
+  config = udpm_jax.configs.get_config("test")
+  config.model.winograd_min_side = -1
+  assert models.build_generator(config).winograd_min_side == 0
+  assert models.build_generator(config, forward_only=True).winograd_min_side == 8
+  assert models.build_generator(config, jnp.bfloat16, forward_only=True).winograd_min_side == 0
+  config.model.winograd_min_side = 4
+  forward = models.build_generator(config, forward_only=True)
+  assert forward.winograd_min_side == 4
+  variables = models.init_generator(config, jax.random.PRNGKey(0))
+  # Weights of a trained net's size: the initial output layer's gain 1e-5 would hide any error.
+  variables = jax.tree.map(
+    lambda v: (
+      jax.random.normal(jax.random.PRNGKey(v.size), v.shape) / np.sqrt(v.shape[-2] * 9)
+      if v.ndim == 4
+      else v
+    ),
+    variables,
+  )
+  for side in (8, 4):  # the test config's level-1 and level-2 inputs: 8² and 4² convolutions
+    x, t, labels = models._dummy(config, side, batch=2)
+    x = jax.random.normal(jax.random.PRNGKey(side), x.shape)
+    direct = models.build_generator(config).apply(variables, x, t, labels)
+    wino = forward.apply(variables, x, t, labels)
+    assert float(jnp.std(direct)) > 0.1
+    np.testing.assert_allclose(wino, direct, rtol=1e-4, atol=1e-5 * float(jnp.abs(direct).max()))
+    assert float(jnp.max(jnp.abs(wino - direct))) > 0  # the other algorithm did run
+  spec = train_step.build_spec(config)
+  assert spec.gen.winograd_min_side == 0 and spec.gen_forward.winograd_min_side == 4
+  config.model.winograd_min_side = -3
+  with pytest.raises(ValueError, match="model.winograd_min_side=-3"):
     udpm_jax.configs.validate(config)
 
 

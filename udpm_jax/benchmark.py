@@ -67,7 +67,7 @@ def report(
   """
 
   sched = proc.Schedule.from_config(config)
-  gen = models.build_generator(config)
+  gen = models.build_generator(config, forward_only=True)  # as the sampler builds it
   key = jax.random.PRNGKey(0)
   variables = jax.jit(lambda k: models.init_generator(config, k))(key)
   n, c = config.data.image_size, config.data.channels

@@ -25,7 +25,7 @@ DenoiseFn = Callable  # (variables, x_l, t (B,), labels) -> prediction of H^{l-1
 def default_denoise_fn(config):
   from udpm_jax import models
 
-  gen = models.build_generator(config)
+  gen = models.build_generator(config, forward_only=True)
   return lambda variables, x, t, labels: gen.apply(variables, x, t, labels)
 
 

@@ -116,6 +116,7 @@ class StepSpec:
 
   sched: proc.Schedule
   gen: Any
+  gen_forward: Any  # `gen` for the never-differentiated calls (see `models.build_generator`)
   disc: Any
   g_tx: Any
   d_tx: Any
@@ -134,13 +135,15 @@ class StepSpec:
   d_noise_decay_every: int
 
   @classmethod
-  def from_config(cls, config, gen, disc, g_tx, d_tx, lpips_fn=None) -> StepSpec:
+  def from_config(cls, config, gen, disc, g_tx, d_tx, lpips_fn=None, gen_forward=None) -> StepSpec:
+    """`gen_forward`: the generator for D's fakes, the same function as `gen` (default: `gen`)."""
     lc = config.loss
     if any(w > 0 for w in lc.lpips) and lpips_fn is None:
       raise ValueError("loss.lpips has positive weights but no LPIPS function was given.")
     return cls(
       sched=proc.Schedule.from_config(config),
       gen=gen,
+      gen_forward=gen if gen_forward is None else gen_forward,
       disc=disc,
       g_tx=g_tx,
       d_tx=d_tx,
@@ -193,7 +196,9 @@ def d_loss(spec: StepSpec, level: int, d_params, state, batch, noise, noise_std,
   g_labels, d_labels = _labels(spec, batch)
   x_l, gt, norm = level_inputs(spec, level, batch["image"], noise["x_l"])
   # The release runs G in eval mode for the D step (no dropout) and without gradient.
-  fake = spec.gen.apply({"params": state.g_params, **state.g_consts}, x_l, t, g_labels, train=False)
+  fake = spec.gen_forward.apply(
+    {"params": state.g_params, **state.g_consts}, x_l, t, g_labels, train=False
+  )
   fake = jax.lax.stop_gradient(fake.astype(jnp.float32)) / norm
   real_in = gt + noise_std * noise["real"]
   fake_in = fake + noise_std * noise["fake"]
@@ -540,9 +545,11 @@ def build_spec(config) -> StepSpec:
   """The networks, optimisers and loss settings of a validated config."""
   dtype = compute_dtype(config)
   gen = models.build_generator(config, dtype=dtype)
+  gen_forward = models.build_generator(config, dtype=dtype, forward_only=True)
   disc = models.build_discriminator(config, dtype=dtype)
   g_tx, d_tx = make_optimizers(config)
-  return StepSpec.from_config(config, gen, disc, g_tx, d_tx, lpips_lib.training_distance(config))
+  lpips_fn = lpips_lib.training_distance(config)
+  return StepSpec.from_config(config, gen, disc, g_tx, d_tx, lpips_fn, gen_forward)
 
 
 def build(config, mesh):

@@ -123,13 +123,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   )
   gain = d.get("stddev_gain", 1.0)
   _check("discriminator.stddev_gain", gain, isinstance(gain, (int, float)) and gain > 0, "> 0")
-  wino = d.get("winograd_min_side", -1)
-  _check(
-    "discriminator.winograd_min_side",
-    wino,
-    _is_int(wino) and wino >= -1,
-    "-1 (auto: 16 on the CPU in float32, else off), 0 (off) or a side >= 1",
-  )
+  from udpm_jax import models  # noqa: PLC0415  (models imports this package's users)
+
+  auto = models.WINOGRAD_CPU_MIN_SIDE
+  for key, section in (("discriminator", d), ("model", config.model)):
+    wino = section.get("winograd_min_side", -1)
+    _check(
+      f"{key}.winograd_min_side",
+      wino,
+      _is_int(wino) and wino >= -1,
+      f"-1 (auto: {auto} on the CPU in float32, else off), 0 (off) or a side >= 1",
+    )
   t = config.training
   if groups and t.batch_size and t.batch_size % groups:
     raise ValueError(

@@ -61,6 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
       # False (the release): the U-Net predicts the whole image.
       input_skip=False,
       sigma_data=0.5,  # pixel std assumed by input_skip's gains (data in [-1, 1])
+      # 3×3 convolutions with outputs of at least this side by Winograd F(2×2, 3×3) in the
+      # generator's forward-only calls (sampling, D's fakes); its update keeps direct convolution.
+      # -1: auto (8 on the CPU in float32, else 0 = off).
+      winograd_min_side=-1,
     )
   )
 
@@ -76,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
       quirk_stddev_sum_chw=True,  # the release sums the stddev feature over C·H·W
       quirk_logit_dropout=True,  # the release applies dropout to the logit
       # 3×3 convolutions with outputs of at least this side by Winograd F(2×2, 3×3) (the same
-      # function to float32 rounding); -1: auto (16 on the CPU in float32, else 0 = off).
+      # function to float32 rounding); -1: auto (8 on the CPU in float32, else 0 = off).
       winograd_min_side=-1,
     )
   )

@@ -16,6 +16,8 @@ __all__ = [
   "Discriminator",
   "build_generator",
   "build_discriminator",
+  "discriminator_winograd_min_side",
+  "generator_winograd_min_side",
   "discriminator_blocks",
   "input_skip_gains",
   "init_generator",
@@ -23,11 +25,13 @@ __all__ = [
 ]
 
 
-def build_generator(config, dtype=None) -> SongUNet:
+def build_generator(config, dtype=None, forward_only: bool = False) -> SongUNet:
   """The generator of `config` (compute dtype `dtype`, default float32; params stay float32).
 
   `gen.apply(variables, x_l, t, labels=None, train=False, rngs=...)` maps x_l (B, N_l, N_l, C) to
-  the prediction of H^{l-1} x_0 (B, N_{l-1}, N_{l-1}, C).
+  the prediction of H^{l-1} x_0 (B, N_{l-1}, N_{l-1}, C). `forward_only=True` builds it for calls
+  that are never differentiated (sampling, the fakes of D's update): the same function and
+  parameters, with `model.winograd_min_side`'s convolution algorithm.
   """
   m, p = config.model, config.process
   arch_defaults = {
@@ -50,6 +54,9 @@ def build_generator(config, dtype=None) -> SongUNet:
     label_dropout=m.label_dropout,
     fourier_scale=m.fourier_scale,
     skip_gains=input_skip_gains(config) if m.get("input_skip", False) else (),
+    winograd_min_side=generator_winograd_min_side(config, dtype or jnp.float32)
+    if forward_only
+    else 0,
     dtype=dtype or jnp.float32,
     **arch_defaults,
   )
@@ -106,21 +113,35 @@ def build_discriminator(config, dtype=None) -> Discriminator:
   )
 
 
-# Measured on a 2-core CPU (CIFAR10 discriminator, batch 16, float32): from output side 16 up,
-# Winograd made its forward pass 24–27% faster and its gradients, with and without R1, 16–20%;
-# at 8² (single convolutions) and in the generator's training, XLA's convolution was faster.
-WINOGRAD_CPU_MIN_SIDE = 16
+# Measured on a 2-core CPU (CIFAR10 config, batch 16, float32), Winograd from output side 8 up
+# against XLA's convolution (tools/bench_winograd): D's update, with G's forward for the fakes,
+# 1.20× / 1.28× / 1.06× at levels 1 / 2 / 3; the sampler 1.46×. The generator's gradients through
+# the transforms took twice as long as direct convolution's, so its update keeps direct convolution.
+WINOGRAD_CPU_MIN_SIDE = 8
+
+
+def _winograd_min_side(config_value: int, cpu_side: int, dtype) -> int:
+  """A `winograd_min_side` setting with −1 (auto) resolved: `cpu_side` on the CPU in float32, else
+  0 (off: accelerators have their own convolution algorithms, and in bfloat16 the transforms would
+  round)."""
+  if config_value != -1:
+    return config_value
+  on_cpu = jax.default_backend() == "cpu"
+  return cpu_side if on_cpu and jnp.dtype(dtype) == jnp.float32 else 0
 
 
 def discriminator_winograd_min_side(config, dtype) -> int:
-  """`discriminator.winograd_min_side`, with −1 (auto) resolved: WINOGRAD_CPU_MIN_SIDE on the CPU
-  in float32, else 0 (off: accelerators have their own convolution algorithms, and in bfloat16 the
-  transforms would round)."""
+  """`discriminator.winograd_min_side` resolved (auto: WINOGRAD_CPU_MIN_SIDE on the CPU in
+  float32)."""
   side = config.discriminator.get("winograd_min_side", -1)
-  if side != -1:
-    return side
-  on_cpu = jax.default_backend() == "cpu"
-  return WINOGRAD_CPU_MIN_SIDE if on_cpu and jnp.dtype(dtype) == jnp.float32 else 0
+  return _winograd_min_side(side, WINOGRAD_CPU_MIN_SIDE, dtype)
+
+
+def generator_winograd_min_side(config, dtype) -> int:
+  """`model.winograd_min_side` resolved (auto: WINOGRAD_CPU_MIN_SIDE on the CPU in float32): the
+  generator's algorithm in its forward-only calls."""
+  side = config.model.get("winograd_min_side", -1)
+  return _winograd_min_side(side, WINOGRAD_CPU_MIN_SIDE, dtype)
 
 
 def _dummy(config, side, batch=1):

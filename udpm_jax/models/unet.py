@@ -42,6 +42,7 @@ class SongUNet(nn.Module):
   # One gain per level (level 1 first); () = none. The output becomes
   # gain_l · bilinear-upsample(x_l) + U-Net(x_l): see `models.input_skip_gains`.
   skip_gains: Sequence[float] = ()
+  winograd_min_side: int = 0  # see `layers.conv2d`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -90,6 +91,7 @@ class SongUNet(nn.Module):
       resample_taps=self.resample_taps,
       resample_proj=True,
       film=False,
+      winograd_min_side=self.winograd_min_side,
       dtype=self.dtype,
       name=name,
       **kw,
@@ -104,7 +106,13 @@ class SongUNet(nn.Module):
     for level, mult in enumerate(self.channel_mult):
       res = self.nominal_resolution >> level
       if level == 0:
-        h = layers.Conv(self.model_channels, 3, dtype=self.dtype, name=f"enc_{res}_conv")(h)
+        h = layers.Conv(
+          self.model_channels,
+          3,
+          winograd_min_side=self.winograd_min_side,
+          dtype=self.dtype,
+          name=f"enc_{res}_conv",
+        )(h)
         skips.append(h)
       else:
         h = block(h.shape[-1], f"enc_{res}_down", down=True)(h, emb, train)
@@ -117,6 +125,7 @@ class SongUNet(nn.Module):
             down=True,
             fused_down=True,
             resample_taps=taps,
+            winograd_min_side=self.winograd_min_side,
             dtype=self.dtype,
             name=f"enc_{res}_aux_residual",
           )(aux)
@@ -151,6 +160,7 @@ class SongUNet(nn.Module):
           self.out_channels * self.scale**2,
           3,
           init_gain=1e-5,
+          winograd_min_side=self.winograd_min_side,
           dtype=self.dtype,
           name=f"dec_{res}_aux_conv",
         )(nn.silu(tmp))
