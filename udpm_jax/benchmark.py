@@ -43,6 +43,15 @@ def _flops(fn, *args, enabled: bool = True) -> float:
   return float(cost.get("flops", float("nan")))
 
 
+def _direct(config):
+  """`config` with direct convolution everywhere: the FLOPs reported are the method's, whatever
+  convolution algorithm (`winograd_min_side`) the timed programs use."""
+  config = config.copy_and_resolve_references()
+  config.model.winograd_min_side = 0
+  config.discriminator.winograd_min_side = 0
+  return config
+
+
 def _timed(fn, repeats):
   jax.block_until_ready(fn())
   start = time.perf_counter()
@@ -68,27 +77,30 @@ def report(
 
   sched = proc.Schedule.from_config(config)
   gen = models.build_generator(config, forward_only=True)  # as the sampler builds it
+  flop_gen = models.build_generator(_direct(config))
   key = jax.random.PRNGKey(0)
   variables = jax.jit(lambda k: models.init_generator(config, k))(key)
   n, c = config.data.image_size, config.data.channels
   labels = (jnp.arange(batch) % config.data.num_classes) if config.data.num_classes else None
   t = jnp.full((batch,), 0.5)
 
-  def apply(v, x):
+  def apply(v, x, gen=gen):
     return gen.apply(v, x, t, labels)
+
+  flop_apply = functools.partial(apply, gen=flop_gen)
 
   sides = {level: sched.side(level) for level in range(1, sched.levels + 1)}
   inputs = {level: jnp.zeros((batch, side, side, c)) for level, side in sides.items()}
   calls = {level: jax.jit(apply).lower(variables, x).compile() for level, x in inputs.items()}
   flops = functools.partial(_flops, enabled=count_flops)
-  full_flops = flops(apply, variables, jnp.zeros((batch, n, n, c)))
-  per_level = {level: flops(apply, variables, x) for level, x in inputs.items()}
+  full_flops = flops(flop_apply, variables, jnp.zeros((batch, n, n, c)))
+  per_level = {level: flops(flop_apply, variables, x) for level, x in inputs.items()}
   sample = sampling.make_sample_fn(config, devices=jax.devices()[:1])
   compile_start = time.perf_counter()
   jax.block_until_ready(sample(variables, key, num=batch))
   compile_s = time.perf_counter() - compile_start
   sample_compiled = jax.jit(lambda v, k: sample(v, k, num=batch)).lower(variables, key).compile()
-  cpu_sample = sampling.make_sample_fn(config, devices=jax.devices("cpu")[:1])
+  cpu_sample = sampling.make_sample_fn(_direct(config), devices=jax.devices("cpu")[:1])
   sampler_flops = flops(lambda v, k: cpu_sample(v, k, num=batch), variables, key)
   net_only = sum(per_level.values())
   sec = _timed(lambda: sample(variables, key, num=batch), repeats)
@@ -191,7 +203,7 @@ def _train_report(
   config.training.batch_size = batch
   config.training.steps_per_dispatch = 1
   mesh = sharding.make_mesh()
-  spec = ts.build_spec(config)
+  spec, flop_spec = ts.build_spec(config), ts.build_spec(_direct(config))
   lpips_params = _random_lpips_params(config)
   state = ts.jit_init(config, mesh, spec.gen, spec.disc, spec.g_tx, spec.d_tx)(
     jax.random.PRNGKey(0)
@@ -206,13 +218,18 @@ def _train_report(
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   jobs = {}
   for level in range(1, config.process.levels + 1):
-    for name, fn, args in (
-      ("d", functools.partial(ts.d_update, spec, level=level), (state, gbatch)),
-      ("g", functools.partial(ts.g_update, spec, level=level), (state, gbatch, lpips_params)),
+    for name, update, args in (
+      ("d", ts.d_update, (state, gbatch)),
+      ("g", ts.g_update, (state, gbatch, lpips_params)),
     ):
       shardings = (rep, data, rep)[: len(args)]
+      fn = functools.partial(update, spec, level=level)
       jitted = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep))
-      jobs[(level, name)] = (jitted.lower(*args), args, fn)
+      jobs[(level, name)] = (
+        jitted.lower(*args),
+        args,
+        functools.partial(update, flop_spec, level=level),
+      )
 
   def compile_timed(lowered):
     start = time.perf_counter()
@@ -224,12 +241,12 @@ def _train_report(
       done = pool.map(compile_timed, [lowered for lowered, _, _ in jobs.values()])
       compiled = dict(zip(jobs, done))
   per_level = {}
-  for (level, name), (lowered, args, fn) in jobs.items():
+  for (level, name), (lowered, args, flop_fn) in jobs.items():
     # Compiled one at a time, each program is measured (and reported) before the next compiles.
     program, compile_s = compiled.get((level, name)) or compile_timed(lowered)
     row = per_level.setdefault(str(level), {})
     row[f"{name}_compile_seconds"] = compile_s
-    row[f"{name}_flops"] = _flops(fn, *args, enabled=count_flops)
+    row[f"{name}_flops"] = _flops(flop_fn, *args, enabled=count_flops)
     row[f"{name}_seconds"] = _timed(lambda program=program, args=args: program(*args), repeats)
     if on_progress:
       on_progress({"batch": batch, "per_level": {k: dict(v) for k, v in per_level.items()}})
